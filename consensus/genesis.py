@@ -1,0 +1,74 @@
+"""Chain parameters and genesis for the networks pouw knows: devnet and main."""
+
+from __future__ import annotations
+
+import time
+
+from pouw.seg.spec import ModelSpec, TrainSpec
+from pouw.types import Allocation, ChainParams, StandingTask
+
+COIN = 100_000_000
+"""Base units per coin."""
+
+
+def make_standing_task(patch: int = 64, train_count: int = 32, test_count: int = 16) -> StandingTask:
+    """The default standing task: a small 2D U-Net on MONAI synthetic circles."""
+    return StandingTask(
+        model=ModelSpec(architecture="unet2d", in_channels=1, num_classes=2, base_filters=8, patch_size=(patch, patch)),
+        train=TrainSpec(learning_rate=0.01, batch_size=8, loss="dice", optimizer="adam", max_epochs=10_000),
+        train_count=train_count,
+        test_count=test_count,
+    )
+
+
+def make_devnet_params(
+    genesis_time: int | None = None,
+    allocations: tuple[Allocation, ...] = (),
+    *,
+    phase1_seconds: int = 20,
+    phase2_seconds: int = 10,
+    name: str = "devnet",
+) -> ChainParams:
+    """A devnet: short phases, small standing task, a 5 s clock tolerance as in the paper."""
+    return ChainParams(
+        name=name,
+        genesis_time=int(time.time()) if genesis_time is None else genesis_time,
+        phase1_seconds=phase1_seconds,
+        phase2_seconds=phase2_seconds,
+        clock_skew_seconds=min(5, max(1, phase2_seconds // 4)),
+        key_grace_seconds=min(5, max(1, phase2_seconds // 4)),
+        block_reward=50 * COIN,
+        max_block_size=4 * 1024 * 1024,
+        max_block_transactions=20_000,
+        max_unselected_tasks=1_000,
+        min_task_reward=1 * COIN,
+        high_accuracy_ppm=800_000,
+        dice_tolerance_ppm=1_000,
+        standing_task=make_standing_task(patch=32, train_count=32, test_count=16),
+        allocations=tuple(allocations),
+    )
+
+
+MAIN_GENESIS_TIME = 1_798_761_600
+"""2027-01-01T00:00:00Z."""
+
+
+def make_main_params() -> ChainParams:
+    """The default network: 10-minute Phase 1, 2-minute Phase 2, no premine."""
+    return ChainParams(
+        name="main",
+        genesis_time=MAIN_GENESIS_TIME,
+        phase1_seconds=600,
+        phase2_seconds=120,
+        clock_skew_seconds=5,
+        key_grace_seconds=10,
+        block_reward=50 * COIN,
+        max_block_size=4 * 1024 * 1024,
+        max_block_transactions=20_000,
+        max_unselected_tasks=10_000,
+        min_task_reward=1 * COIN,
+        high_accuracy_ppm=800_000,
+        dice_tolerance_ppm=1_000,
+        standing_task=make_standing_task(patch=64, train_count=128, test_count=32),
+        allocations=(),
+    )

@@ -1,0 +1,342 @@
+"""The state transition: `apply_block(state, block, params)`.
+
+Written in the style of ethereum/execution-specs: one short function per rule,
+every violation raises `InvalidBlock` with a precise reason, and the function
+writes only to the `State` overlay it is given (drop the overlay to undo a
+failed attempt). Dice recomputation needs the model and test blobs and is done
+by `consensus.work.verify_block_work` before a block is connected; this module
+checks everything that needs only the block and the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pouw.blobcrypt import is_key_for
+from pouw.encoding import UINT64_MAX, encode
+from pouw.types import (
+    DICE_SCALE,
+    KEY_TEST,
+    KEY_TRAIN,
+    MODE_NO_TEST_KEY,
+    MODE_NO_TRAIN_KEY,
+    MODE_NORMAL,
+    TASK_MODES,
+    ZERO_HASH,
+    ZERO_KEY,
+    ZERO_SIGNATURE,
+    Account,
+    Block,
+    BlockBody,
+    BlockHeader,
+    ChainParams,
+    ChainStatus,
+    HistoryEntry,
+    QueueEntry,
+    ScheduledTask,
+    TaskRecord,
+    TaskSubmission,
+    Transaction,
+    Transfer,
+    get_tx_cost,
+    get_tx_sender,
+)
+from consensus.clock import is_block_timestamp_valid
+from consensus.rules import (
+    compute_body_root,
+    compute_commit_binding,
+    compute_insert_queue,
+    compute_standing_seed,
+    compute_unselected_root,
+    compute_work_payload,
+    get_block_work_task_id,
+)
+from consensus.sigcheck import SERIAL, SignatureChecker
+from consensus.state import State
+from pouw.keys import is_valid_signature
+
+
+class InvalidBlock(Exception):
+    """A block (or a transaction in it) breaks a consensus rule; the message says which."""
+
+
+def require(condition: bool, reason: str) -> None:
+    """Raise InvalidBlock(reason) unless `condition` holds."""
+    if not condition:
+        raise InvalidBlock(reason)
+
+
+def checked_add(a: int, b: int, what: str) -> int:
+    """a + b, refusing results outside unsigned 64 bits."""
+    total = a + b
+    require(0 <= total <= UINT64_MAX, f"{what} overflows 64 bits")
+    return total
+
+
+# --- genesis -----------------------------------------------------------------
+
+
+def make_genesis_block(params: ChainParams) -> Block:
+    """The genesis block of `params`: no work, no transactions, the standing task scheduled."""
+    body = BlockBody(transactions=(), key_reveals=(), commit=None, work=None)
+    status = get_genesis_status(params, ZERO_HASH)
+    header = BlockHeader(
+        height=0,
+        slot=0,
+        prev_hash=params.chain_id,
+        body_root=compute_body_root(body),
+        timestamp=params.genesis_time,
+        size=len(encode(body)),
+        task_id=params.standing_task.task_id,
+        task_mode=MODE_NORMAL,
+        unselected_root=compute_unselected_root(status),
+        miner=ZERO_KEY,
+        dice_ppm=0,
+        work_signature=ZERO_SIGNATURE,
+        signature=ZERO_SIGNATURE,
+    )
+    return Block(header, body)
+
+
+def get_genesis_status(params: ChainParams, genesis_hash: bytes) -> ChainStatus:
+    """The chain status right after genesis: heights 1 and 2 mine the standing task."""
+    standing = params.standing_task.task_id
+    supply = 0
+    for alloc in params.allocations:
+        supply = checked_add(supply, alloc.amount, "genesis supply")
+    return ChainStatus(
+        height=0,
+        tip_hash=genesis_hash,
+        min_slot=0,
+        scheduled=(ScheduledTask(1, standing), ScheduledTask(2, standing)),
+        unselected=(),
+        supply=supply,
+    )
+
+
+def apply_genesis(state: State, params: ChainParams) -> Block:
+    """Write the genesis state into `state`; returns the genesis block."""
+    block = make_genesis_block(params)
+    for alloc in params.allocations:
+        account = state.get_account(alloc.address)
+        state.set_account(alloc.address, Account(checked_add(account.balance, alloc.amount, "allocation"), 0))
+    state.set_status(get_genesis_status(params, block.hash))
+    return block
+
+
+# --- blocks --------------------------------------------------------------------
+
+
+def apply_block(state: State, block: Block, params: ChainParams, sigcheck: SignatureChecker = SERIAL) -> None:
+    """Check `block` against the state it extends and apply it; raises InvalidBlock.
+
+    `sigcheck` verifies the transactions' signatures up front (in parallel
+    when it has threads); the rules are the same either way.
+    """
+    status = state.get_status()
+    header, body = block.header, block.body
+    validate_header_context(status, header, params)
+    validate_body_shape(header, body, params)
+    task = validate_selected_task(state, status, header, params)
+    validate_key_reveals(header, body, task)
+    validate_commit_and_work(header, body, task, params)
+
+    bad = sigcheck.find_invalid(body.transactions)
+    require(bad is None, f"transaction {bad}: bad signature")
+    fees = 0
+    for index, tx in enumerate(body.transactions):
+        try:
+            process_transaction(state, tx, header.height, params, signature_checked=True)
+        except InvalidBlock as exc:
+            raise InvalidBlock(f"transaction {index}: {exc}") from None
+        fees = checked_add(fees, tx.fee, "fees")
+
+    paid = process_rewards(state, header, task, fees, params)
+    new_status = process_schedule(state, header, params)
+    require(
+        header.unselected_root == compute_unselected_root(new_status),
+        "unselected_root does not match the unfinished tasks after this block",
+    )
+    state.set_history(
+        HistoryEntry(
+            height=header.height,
+            block_hash=block.hash,
+            task_id=header.task_id,
+            task_mode=header.task_mode,
+            winner=header.miner,
+            dice_ppm=header.dice_ppm,
+            model_digest=body.work.model_digest,
+            paid=paid,
+        )
+    )
+
+
+def validate_header_context(status: ChainStatus, header: BlockHeader, params: ChainParams) -> None:
+    """Height, parent, slot, timestamp and the miner's header signature."""
+    require(header.height == status.height + 1, f"height {header.height} does not follow tip height {status.height}")
+    require(header.prev_hash == status.tip_hash, "prev_hash is not the tip of the state")
+    require(header.slot >= status.min_slot, f"slot {header.slot} is not after the parent's slot")
+    require(
+        is_block_timestamp_valid(params, header.slot, header.timestamp),
+        f"timestamp {header.timestamp} is not in Phase 2 of slot {header.slot}",
+    )
+    require(header.task_mode in TASK_MODES, f"unknown task mode {header.task_mode}")
+    require(header.dice_ppm <= DICE_SCALE, f"dice {header.dice_ppm} ppm exceeds {DICE_SCALE}")
+    require(header.is_signature_valid(), "bad header signature")
+
+
+def validate_body_shape(header: BlockHeader, body: BlockBody, params: ChainParams) -> None:
+    """Size, transaction count and body root."""
+    size = len(encode(body))
+    require(header.size == size, f"header size {header.size} does not match body size {size}")
+    require(size <= params.max_block_size, f"body of {size} bytes exceeds {params.max_block_size}")
+    require(
+        len(body.transactions) <= params.max_block_transactions,
+        f"{len(body.transactions)} transactions exceed {params.max_block_transactions}",
+    )
+    require(header.body_root == compute_body_root(body), "body_root does not match the body")
+    require(body.commit is not None and body.work is not None, "block carries no commit or work")
+
+
+def validate_selected_task(state: State, status: ChainStatus, header: BlockHeader, params: ChainParams) -> TaskRecord | None:
+    """The header names the task scheduled for its height; returns its record (None for the standing task)."""
+    scheduled = status.scheduled[0]
+    require(scheduled.height == header.height, "state has no task scheduled for this height")
+    require(header.task_id == scheduled.task_id, "task_id is not the task selected for this height")
+    if header.task_id == params.standing_task.task_id:
+        require(header.task_mode == MODE_NORMAL, "the standing task has no keys to miss")
+        return None
+    record = state.get_task(header.task_id)
+    require(record is not None, "selected task is unknown to the state")
+    return record
+
+
+def validate_key_reveals(header: BlockHeader, body: BlockBody, task: TaskRecord | None) -> None:
+    """The body carries exactly the keys its mode needs, and each matches its commitment."""
+    if task is None or header.task_mode == MODE_NO_TRAIN_KEY:
+        require(len(body.key_reveals) == 0, "this block's mode carries no key reveals")
+        return
+    wanted = [KEY_TRAIN, KEY_TEST] if header.task_mode == MODE_NORMAL else [KEY_TRAIN]
+    require([r.which for r in body.key_reveals] == wanted, f"key reveals must be exactly {wanted} in order")
+    sub = task.submission
+    for reveal in body.key_reveals:
+        require(reveal.task_id == header.task_id, "key reveal names another task")
+        blob = sub.train_blob if reveal.which == KEY_TRAIN else sub.test_blob
+        require(is_key_for(reveal.key, blob.key_commitment), "revealed key does not match its commitment")
+
+
+def get_train_data_digest(header: BlockHeader, task: TaskRecord | None) -> bytes:
+    """The training data the block's work signature names."""
+    if task is None or header.task_mode == MODE_NO_TRAIN_KEY:
+        return compute_standing_seed(header.prev_hash, "train")
+    return task.submission.train_blob.digest
+
+
+def validate_commit_and_work(header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams) -> None:
+    """The commit binds the model to the miner for this height, slot and task; the work agrees with the header."""
+    commit, work = body.commit, body.work
+    work_task = get_block_work_task_id(header, params)
+    require(commit.height == header.height, "commit is for another height")
+    require(commit.slot == header.slot, "commit is for another slot")
+    require(commit.task_id == work_task, "commit is for another task")
+    require(commit.miner == header.miner, "commit was made by another miner")
+    require(commit.binding == compute_commit_binding(work.model_digest, header.miner), "model does not match the commit binding")
+    require(commit.is_signature_valid(), "bad commit signature")
+    require(work.dice_ppm == header.dice_ppm, "work and header claim different Dice")
+    require(len(work.checkpoint_digests) >= 1, "work has no checkpoints")
+    payload = compute_work_payload(work.model_digest, get_train_data_digest(header, task), header.task_id, header.dice_ppm)
+    require(is_valid_signature(header.miner, b"work", payload, header.work_signature), "bad work signature")
+
+
+# --- transactions --------------------------------------------------------------
+
+
+def validate_transaction(state: State, tx: Transaction, params: ChainParams, signature_checked: bool = False) -> None:
+    """Signature, nonce, balance and type rules of one transaction against `state`."""
+    sender = get_tx_sender(tx)
+    require(signature_checked or tx.is_signature_valid(), "bad signature")
+    account = state.get_account(sender)
+    require(tx.nonce == account.nonce, f"nonce {tx.nonce} is not the account's next nonce {account.nonce}")
+    cost = get_tx_cost(tx)
+    require(cost <= UINT64_MAX, "amount plus fee overflows 64 bits")
+    require(account.balance >= cost, f"balance {account.balance} is below amount plus fee {cost}")
+    if isinstance(tx, Transfer):
+        require(tx.amount > 0, "transfer of zero coins")
+    else:
+        validate_task_submission(state, tx, params)
+
+
+def validate_task_submission(state: State, tx: TaskSubmission, params: ChainParams) -> None:
+    """Reward floor, queue room, a valid spec and two distinct usable blobs."""
+    require(tx.reward >= params.min_task_reward, f"reward {tx.reward} is below the minimum {params.min_task_reward}")
+    require(len(state.get_status().unselected) < params.max_unselected_tasks, "the task queue is full")
+    require(state.get_task(tx.task_id) is None, "task already submitted")
+    # ModelSpec and TrainSpec validate themselves on construction and decoding.
+    for name, blob in (("training", tx.train_blob), ("test", tx.test_blob)):
+        require(blob.digest != ZERO_HASH and blob.size > 0, f"{name} blob has no digest or size")
+    require(tx.train_blob.digest != tx.test_blob.digest, "training and test blobs are the same")
+    require(tx.train_blob.key_commitment != tx.test_blob.key_commitment, "training and test blobs share a key")
+
+
+def process_transaction(
+    state: State, tx: Transaction, height: int, params: ChainParams, signature_checked: bool = False
+) -> None:
+    """Validate and apply one transaction (its signature too, unless already checked)."""
+    validate_transaction(state, tx, params, signature_checked)
+    sender = get_tx_sender(tx)
+    account = state.get_account(sender)
+    state.set_account(sender, Account(account.balance - get_tx_cost(tx), account.nonce + 1))
+    if isinstance(tx, Transfer):
+        dest = state.get_account(tx.recipient)
+        state.set_account(tx.recipient, Account(checked_add(dest.balance, tx.amount, "recipient balance"), dest.nonce))
+        return
+    task_id = tx.task_id
+    state.set_task(task_id, TaskRecord(submission=tx, escrow=tx.reward, submitted_height=height, selected_height=0))
+    status = state.get_status()
+    queue = compute_insert_queue(status.unselected, QueueEntry(tx.reward, task_id))
+    state.set_status(replace(status, unselected=queue))
+
+
+# --- rewards and task schedule --------------------------------------------------
+
+
+def process_rewards(state: State, header: BlockHeader, task: TaskRecord | None, fees: int, params: ChainParams) -> int:
+    """Pay the miner block reward + fees + escrow (refund the escrow in MODE_NO_TRAIN_KEY); returns the miner's pay."""
+    pay = checked_add(params.block_reward, fees, "miner pay")
+    if task is not None:
+        escrow = task.escrow
+        state.set_task(header.task_id, replace(task, escrow=0))
+        if header.task_mode == MODE_NO_TRAIN_KEY:
+            publisher = task.submission.publisher
+            acct = state.get_account(publisher)
+            state.set_account(publisher, Account(checked_add(acct.balance, escrow, "refund"), acct.nonce))
+        else:
+            pay = checked_add(pay, escrow, "miner pay")
+    miner = state.get_account(header.miner)
+    state.set_account(header.miner, Account(checked_add(miner.balance, pay, "miner balance"), miner.nonce))
+    status = state.get_status()
+    state.set_status(replace(status, supply=checked_add(status.supply, params.block_reward, "supply")))
+    return pay
+
+
+def process_schedule(state: State, header: BlockHeader, params: ChainParams) -> ChainStatus:
+    """Advance the tip and select the task of height h+2 from the queue as it stands after block h."""
+    status = state.get_status()
+    queue = status.unselected
+    target = header.height + 2
+    if queue:
+        chosen, queue = queue[0].task_id, queue[1:]
+        record = state.get_task(chosen)
+        state.set_task(chosen, replace(record, selected_height=target))
+    else:
+        chosen = params.standing_task.task_id
+    new_status = ChainStatus(
+        height=header.height,
+        tip_hash=header.hash,
+        min_slot=header.slot + 1,
+        scheduled=(status.scheduled[1], ScheduledTask(target, chosen)),
+        unselected=queue,
+        supply=status.supply,
+    )
+    state.set_status(new_status)
+    return new_status
