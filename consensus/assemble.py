@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Annotated
 
-from pouw.encoding import encode
+from pouw.encoding import Hash32, MaxLen, encode
 from pouw.keys import KeyPair
 from pouw.types import (
     MODE_NO_TRAIN_KEY,
@@ -16,23 +17,19 @@ from pouw.types import (
     ChainParams,
     Commit,
     KeyReveal,
+    TaskSubmission,
     Transaction,
     WorkProof,
 )
 from consensus.rules import (
     compute_body_root,
     compute_commit_binding,
+    compute_standing_seed,
     compute_unselected_root,
     compute_work_payload,
 )
 from consensus.state import State
-from consensus.transition import (
-    InvalidBlock,
-    get_train_data_digest,
-    process_rewards,
-    process_schedule,
-    process_transaction,
-)
+from consensus.transition import InvalidBlock, process_schedule, process_transaction
 
 
 def get_work_task_id(state: State, params: ChainParams, height: int, task_mode: int) -> bytes:
@@ -71,6 +68,76 @@ def select_transactions(state: State, candidates: list[Transaction], height: int
     return chosen
 
 
+@dataclass(frozen=True)
+class BlockTemplate:
+    """What a node gives its miner to build a block on: everything but the work and the signatures."""
+
+    height: int
+    """Height of the block to build."""
+    prev_hash: Hash32
+    """The tip it extends."""
+    min_slot: int
+    """Smallest slot the block may use."""
+    task_id: Hash32
+    """The task selected for this height."""
+    transactions: Annotated[tuple[Transaction, ...], MaxLen(100_000)]
+    """Transactions to include, in order (they apply on the tip's state)."""
+    unselected_root: Hash32
+    """The unfinished-task root after this block (it does not depend on the work or the mode)."""
+
+
+def make_block_template(state: State, params: ChainParams, transactions: tuple[Transaction, ...] = ()) -> BlockTemplate:
+    """A template on top of `state` with `transactions` (which must all apply; see select_transactions)."""
+    status = state.get_status()
+    height = status.height + 1
+    task_id = status.scheduled[0].task_id
+    trial = state.child()
+    for tx in transactions:
+        process_transaction(trial, tx, height, params)
+    # The queue after the block does not depend on the header beyond its height and slot.
+    placeholder = BlockHeader(height, status.min_slot, status.tip_hash, ZERO_HASH, 0, 0, task_id, 0, ZERO_HASH, ZERO_HASH, 0, ZERO_SIGNATURE)
+    root = compute_unselected_root(process_schedule(trial, placeholder, params))
+    return BlockTemplate(height, status.tip_hash, status.min_slot, task_id, tuple(transactions), root)
+
+
+def complete_block(
+    template: BlockTemplate,
+    params: ChainParams,
+    keypair: KeyPair,
+    *,
+    slot: int,
+    timestamp: int,
+    commit: Commit,
+    work: WorkProof,
+    task: TaskSubmission | None,
+    key_reveals: tuple[KeyReveal, ...] = (),
+    task_mode: int = 0,
+) -> Block:
+    """The signed block a miner claims with: the template plus its commit, work and reveals."""
+    body = BlockBody(transactions=template.transactions, key_reveals=tuple(key_reveals), commit=commit, work=work)
+    header = BlockHeader(
+        height=template.height,
+        slot=slot,
+        prev_hash=template.prev_hash,
+        body_root=compute_body_root(body),
+        timestamp=timestamp,
+        size=len(encode(body)),
+        task_id=template.task_id,
+        task_mode=task_mode,
+        unselected_root=template.unselected_root,
+        miner=keypair.public_key,
+        dice_ppm=work.dice_ppm,
+        work_signature=ZERO_SIGNATURE,
+    )
+    if task is None or task_mode == MODE_NO_TRAIN_KEY:
+        train_digest = compute_standing_seed(template.prev_hash, "train")
+    else:
+        train_digest = task.train_blob.digest
+    payload = compute_work_payload(work.model_digest, train_digest, template.task_id, work.dice_ppm)
+    header = replace(header, work_signature=keypair.sign(b"work", payload)).signed_by(keypair)
+    return Block(header, body)
+
+
 def assemble_block(
     state: State,
     params: ChainParams,
@@ -85,33 +152,17 @@ def assemble_block(
     task_mode: int = 0,
 ) -> Block:
     """A signed block on top of `state` carrying `work`; `state` itself is not changed."""
-    status = state.get_status()
-    height = status.height + 1
-    task_id = status.scheduled[0].task_id
-    body = BlockBody(transactions=tuple(transactions), key_reveals=tuple(key_reveals), commit=commit, work=work)
-    header = BlockHeader(
-        height=height,
+    template = make_block_template(state, params, tuple(transactions))
+    record = None if template.task_id == params.standing_task.task_id else state.get_task(template.task_id)
+    return complete_block(
+        template,
+        params,
+        keypair,
         slot=slot,
-        prev_hash=status.tip_hash,
-        body_root=compute_body_root(body),
         timestamp=timestamp,
-        size=len(encode(body)),
-        task_id=task_id,
+        commit=commit,
+        work=work,
+        task=None if record is None else record.submission,
+        key_reveals=key_reveals,
         task_mode=task_mode,
-        unselected_root=ZERO_HASH,
-        miner=keypair.public_key,
-        dice_ppm=work.dice_ppm,
-        work_signature=ZERO_SIGNATURE,
     )
-    # The unfinished-task root is the queue after this block: simulate it.
-    trial = state.child()
-    task = None if task_id == params.standing_task.task_id else trial.get_task(task_id)
-    fees = 0
-    for tx in body.transactions:
-        process_transaction(trial, tx, height, params)
-        fees += tx.fee
-    process_rewards(trial, header, task, fees, params)
-    header = replace(header, unselected_root=compute_unselected_root(process_schedule(trial, header, params)))
-    payload = compute_work_payload(work.model_digest, get_train_data_digest(header, task), task_id, work.dice_ppm)
-    header = replace(header, work_signature=keypair.sign(b"work", payload)).signed_by(keypair)
-    return Block(header, body)
