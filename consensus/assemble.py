@@ -24,9 +24,9 @@ from pouw.types import (
 from consensus.rules import (
     compute_body_root,
     compute_commit_binding,
-    compute_standing_seed,
     compute_unselected_root,
     compute_work_payload,
+    get_train_data_digest,
 )
 from consensus.state import State
 from consensus.transition import InvalidBlock, process_schedule, process_transaction
@@ -129,10 +129,7 @@ def complete_block(
         dice_ppm=work.dice_ppm,
         work_signature=ZERO_SIGNATURE,
     )
-    if task is None or task_mode == MODE_NO_TRAIN_KEY:
-        train_digest = compute_standing_seed(template.prev_hash, "train")
-    else:
-        train_digest = task.train_blob.digest
+    train_digest = get_train_data_digest(template.prev_hash, task_mode, task)
     payload = compute_work_payload(work.model_digest, train_digest, template.task_id, work.dice_ppm)
     header = replace(header, work_signature=keypair.sign(b"work", payload)).signed_by(keypair)
     return Block(header, body)

@@ -11,6 +11,7 @@ from pouw.types import (
     MODE_NO_TRAIN_KEY,
     ChainStatus,
     QueueEntry,
+    TaskSubmission,
 )
 
 _LEAF = b"\x00"
@@ -76,6 +77,13 @@ def compute_spot_check_seed(prev_hash: bytes, miner: bytes, test_key_or_empty: b
 def compute_work_payload(model_digest: bytes, train_data_digest: bytes, task_id: bytes, dice_ppm: int) -> bytes:
     """What the header's work_signature signs: model, training data and task information."""
     return encode([model_digest, train_data_digest, task_id, dice_ppm])
+
+
+def get_train_data_digest(prev_hash: bytes, task_mode: int, task: TaskSubmission | None) -> bytes:
+    """The training data a block's work signature names: the task's training blob, or the standing seed."""
+    if task is None or task_mode == MODE_NO_TRAIN_KEY:
+        return compute_standing_seed(prev_hash, "train")
+    return task.train_blob.digest
 
 
 def get_queue_order_key(entry: QueueEntry) -> tuple[int, bytes]:

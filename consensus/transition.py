@@ -46,10 +46,10 @@ from consensus.rules import (
     compute_body_root,
     compute_commit_binding,
     compute_insert_queue,
-    compute_standing_seed,
     compute_unselected_root,
     compute_work_payload,
     get_block_work_task_id,
+    get_train_data_digest,
 )
 from consensus.sigcheck import SERIAL, SignatureChecker
 from consensus.state import State
@@ -225,13 +225,6 @@ def validate_key_reveals(header: BlockHeader, body: BlockBody, task: TaskRecord 
         require(is_key_for(reveal.key, blob.key_commitment), "revealed key does not match its commitment")
 
 
-def get_train_data_digest(header: BlockHeader, task: TaskRecord | None) -> bytes:
-    """The training data the block's work signature names."""
-    if task is None or header.task_mode == MODE_NO_TRAIN_KEY:
-        return compute_standing_seed(header.prev_hash, "train")
-    return task.submission.train_blob.digest
-
-
 def validate_commit_and_work(header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams) -> None:
     """The commit binds the model to the miner for this height, slot and task; the work agrees with the header."""
     commit, work = body.commit, body.work
@@ -244,7 +237,9 @@ def validate_commit_and_work(header: BlockHeader, body: BlockBody, task: TaskRec
     require(commit.is_signature_valid(), "bad commit signature")
     require(work.dice_ppm == header.dice_ppm, "work and header claim different Dice")
     require(len(work.checkpoint_digests) >= 1, "work has no checkpoints")
-    payload = compute_work_payload(work.model_digest, get_train_data_digest(header, task), header.task_id, header.dice_ppm)
+    submission = None if task is None else task.submission
+    train_digest = get_train_data_digest(header.prev_hash, header.task_mode, submission)
+    payload = compute_work_payload(work.model_digest, train_digest, header.task_id, header.dice_ppm)
     require(is_valid_signature(header.miner, b"work", payload, header.work_signature), "bad work signature")
 
 

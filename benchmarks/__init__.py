@@ -1,0 +1,1 @@
+"""Benchmarks of pouw against this machine and the paper."""
