@@ -11,11 +11,15 @@ COIN = 100_000_000
 """Base units per coin."""
 
 
-def make_standing_task(patch: int = 64, train_count: int = 32, test_count: int = 16) -> StandingTask:
-    """The default standing task: a small 2D U-Net on MONAI synthetic circles."""
+def make_standing_task(patch: int = 64, train_count: int = 32, test_count: int = 16, max_epochs: int = 25) -> StandingTask:
+    """The default standing task: a small 2D U-Net on MONAI synthetic circles.
+
+    `max_epochs` bounds the checkpoints a claim carries (each node fetches
+    and checks them all), so it is kept small.
+    """
     return StandingTask(
         model=ModelSpec(architecture="unet2d", in_channels=1, num_classes=2, base_filters=8, patch_size=(patch, patch)),
-        train=TrainSpec(learning_rate=0.01, batch_size=8, loss="dice", optimizer="adam", max_epochs=10_000),
+        train=TrainSpec(learning_rate=0.01, batch_size=8, loss="dice", optimizer="adam", max_epochs=max_epochs),
         train_count=train_count,
         test_count=test_count,
     )
@@ -69,6 +73,6 @@ def make_main_params() -> ChainParams:
         min_task_reward=1 * COIN,
         high_accuracy_ppm=800_000,
         dice_tolerance_ppm=1_000,
-        standing_task=make_standing_task(patch=64, train_count=128, test_count=32),
+        standing_task=make_standing_task(patch=64, train_count=128, test_count=32, max_epochs=100),
         allocations=(),
     )

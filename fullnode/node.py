@@ -513,7 +513,9 @@ class FullNode:
         try:
             self._fetch_for(block)
         except BlobError as exc:
-            self.log(f"cannot fetch the blobs of block {block_hash.hex()[:12]}: {exc}")
+            # Unavailable is not invalid: leave the block unjudged so a later sync can try again.
+            self.log(f"cannot fetch the blobs of block {block.header.height} {block_hash.hex()[:12]} yet: {exc}")
+            return False
         tip_before = self.store.tip_hash
         with self.lock:
             try:

@@ -102,6 +102,7 @@ def make_handlers(node: "FullNode") -> dict[str, Callable[..., Any]]:
             "p2p_addrs": node.p2p_addrs(),
             "blob_url": node.blob_server.url if node.blob_server else None,
             "supply": status.supply,
+            "state_checksum": node.store.get_meta().state_checksum.hex(),
             "unselected_tasks": len(status.unselected),
             "mempool_size": mempool_size,
             "datadir": str(node.datadir),

@@ -164,7 +164,7 @@ class Devnet:
             args = [
                 sys.executable, "-m", "pouw.cli", "task", "submit", str(dataset),
                 "--reward", str(reward), "--model", "unet2d", "--base-filters", "8", "--patch-size", "32,32",
-                "--epochs", "30", "--title", f"devnet task {i} ({reward} coins)",
+                "--epochs", "25", "--title", f"devnet task {i} ({reward} coins)",
                 "--node", self.node_info[0]["rpc_url"], "--node-datadir", str(self.node_dirs[0]),
                 "--key-seed", key.seed.hex(), "--keystore", str(self.root / "publisher-keys"),
                 "--out", str(self.root / "packed" / f"task{i}"), "--json",

@@ -38,3 +38,14 @@ def pack(dataset_dir: Path, out_dir: Path, keystore: Path | None, chunk_size: in
         click.echo(f"{b.split:5} {b.cases:4d} cases  {b.size:>12,d} bytes  {b.digest.hex()}  {b.path}")
     click.echo(f"manifest: {result.manifest_path}")
     click.echo(f"keys:     {result.keystore_path} (keep private; reveal at the task's phases)")
+
+
+def _register_publisher_commands() -> None:
+    # submit/list/status/results talk to a node; they live beside pack in pouw.cli.publish.
+    from pouw.cli.publish import COMMANDS
+
+    for command in COMMANDS:
+        task.add_command(command)
+
+
+_register_publisher_commands()

@@ -1,0 +1,378 @@
+"""The mining loop: follow the phases, train, commit, evaluate, claim.
+
+One round per (height, slot), driven by the node's `getmininginfo` and the
+chain's phase clock (docs/miner.md has the timeline):
+
+  Phase 1  wait for the training key (grace `key_grace_seconds`), else mode 1
+           on the standing task; train until t(s,b) minus a margin; commit.
+  Phase 2  wait for the test key (same grace), else mode 2 scored on the
+           training set; evaluate; build the block on `getblocktemplate`;
+           claim.
+
+The task's data is fetched the interval before (prefetch). If the tip moves
+during a round, the round is abandoned and the loop follows the new tip.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from consensus.assemble import BlockTemplate, complete_block, make_commit
+from consensus.clock import PHASE_1, get_phase2_start, get_phase_point, get_slot_start
+from consensus.rules import compute_training_seed
+from consensus.transition import InvalidBlock
+from consensus.work import WorkData, get_work_data, load_task_split
+from pouw.blobserve import BlobServer
+from pouw.blobstore import BlobError, BlobStore
+from pouw.encoding import decode, encode
+from pouw.keys import KeyPair
+from pouw.rpc import RpcError
+from pouw.types import (
+    KEY_TEST,
+    KEY_TRAIN,
+    MODE_NO_TEST_KEY,
+    MODE_NO_TRAIN_KEY,
+    ChainParams,
+    Claim,
+    WorkProof,
+)
+
+from miner import plan
+from miner.events import Reporter
+from miner.node import NodeGone, NodeLink
+from miner.prefetch import Prefetcher
+
+
+class Abandon(Exception):
+    """The round cannot go on (tip moved, too late, node gone); the loop moves on."""
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    """How the miner works; every field has a command-line option (docs/miner.md)."""
+
+    keypair: KeyPair
+    """The miner's key: it signs commits and blocks and receives the rewards."""
+    workdir: Path
+    """Holds the miner's blob store (task data, models, checkpoints) and decrypted datasets."""
+    device: str = "cpu"
+    """torch device to train on: "cpu" or "cuda:N"."""
+    threads: int | None = None
+    """CPU threads for training (None: all cores)."""
+    margin: float | None = None
+    """Seconds kept before t(s,b) for the commit (None: plan.compute_commit_margin)."""
+    poll_seconds: float = 0.5
+    """How often the node is asked for news while waiting."""
+    progress: bool = True
+    """Show the training progress bar (on stderr)."""
+    blob_host: str = "127.0.0.1"
+    blob_port: int = 0
+    """Where the miner's own blob server listens (0: any free port)."""
+    public_url: str | None = None
+    """Base URL other nodes should fetch the miner's blobs from (default: the blob server's URL)."""
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """A claim the miner sent."""
+
+    height: int
+    slot: int
+    task_id: bytes
+    mode: int
+    dice_ppm: int
+    block_hash: bytes
+    model_digest: bytes
+    epochs: int
+
+
+class Miner:
+    """Mines against one node until stopped."""
+
+    def __init__(self, node: NodeLink, config: MinerConfig, reporter: Reporter):
+        self.node = node
+        self.config = config
+        self.reporter = reporter
+        self.blobs = BlobStore(Path(config.workdir) / "blobs")
+        self.datadir = Path(config.workdir) / "data"
+        self.params: ChainParams | None = None
+        self._done: set[tuple[int, int]] = set()
+        self._seen_reconnects = 0
+        self._outcomes: set[bytes] = set()
+
+    # -- setup ---------------------------------------------------------------
+    def load_params(self) -> ChainParams:
+        """The node's chain parameters; a node that switched chains stops the miner."""
+        params = decode(ChainParams, bytes.fromhex(self.node.call("getparams")["hex"]))
+        if self.params is not None and params.chain_id != self.params.chain_id:
+            raise RuntimeError("the node now follows another chain; restart the miner")
+        self.params = params
+        return params
+
+    def _threads(self) -> int:
+        return self.config.threads or os.cpu_count() or 1
+
+    # -- the loop ------------------------------------------------------------
+    def run(self, once: bool = False, stop: threading.Event | None = None) -> list[RoundResult]:
+        """Mine until `stop` is set (or, with `once`, until the first claim); returns the claims sent."""
+        stop = stop or threading.Event()
+        params = self.load_params()
+        results: list[RoundResult] = []
+        server = BlobServer(self.blobs, self.config.blob_host, self.config.blob_port).start()
+        self.link = self.config.public_url or server.url
+        prefetcher = Prefetcher(self.blobs, self.reporter)
+        self.reporter.emit(
+            "start",
+            f"mining on {params.name} as {self.config.keypair.address[:16]}… on {self.config.device}"
+            f" ({self._threads()} threads); serving blobs at {self.link}",
+            address=self.config.keypair.address, chain=params.name, device=self.config.device,
+            threads=self._threads(), blob_url=self.link,
+        )
+        waiting_for: tuple[int, int] | None = None
+        try:
+            while not stop.is_set():
+                info = self._poll()
+                prefetcher.want(info.current.task, info.blob_url)
+                if info.next is not None:
+                    prefetcher.want(info.next.task, info.blob_url)
+                point = get_phase_point(params, time.time())
+                key = (info.height, point.slot)
+                if point.phase == PHASE_1 and key not in self._done:
+                    self._done.add(key)
+                    result = self.mine_round(info, point.slot, prefetcher)
+                    if result is not None:
+                        results.append(result)
+                        if once:
+                            # Keep serving the model until the nodes have decided the height.
+                            self._linger(result, stop)
+                            return results
+                    continue
+                if results and info.height == results[-1].height + 1 and not self._told(results[-1]):
+                    self._report_outcome(results[-1], info)
+                if waiting_for != key:
+                    waiting_for = key
+                    start = get_slot_start(params, point.slot + 1)
+                    self.reporter.emit(
+                        "waiting", f"height {info.height}: next round starts in {max(0.0, start - time.time()):.0f} s",
+                        height=info.height, slot=point.slot + 1,
+                    )
+                stop.wait(self.config.poll_seconds)
+        finally:
+            prefetcher.close()
+            server.stop()
+        return results
+
+    def _told(self, result: RoundResult) -> bool:
+        told = result.block_hash in self._outcomes
+        self._outcomes.add(result.block_hash)
+        return told
+
+    def _report_outcome(self, result: RoundResult, info: plan.MiningInfo) -> None:
+        if info.prev_hash == result.block_hash:
+            self.reporter.emit("won", f"block {result.block_hash.hex()[:16]} won height {result.height}",
+                               height=result.height, block_hash=result.block_hash)
+        else:
+            self.reporter.emit("lost", f"height {result.height} went to block {info.prev_hash.hex()[:16]}",
+                               height=result.height, block_hash=info.prev_hash)
+
+    def _linger(self, result: RoundResult, stop: threading.Event) -> None:
+        """Wait until the claimed height is decided (or the next Phase 1 is over), serving blobs meanwhile."""
+        until = get_slot_start(self.params, result.slot + 1) + self.params.phase1_seconds
+        while not stop.is_set() and time.time() < until:
+            try:
+                info = self._poll(until)
+            except NodeGone:
+                return
+            if info.height > result.height:
+                self._told(result)
+                self._report_outcome(result, info)
+                return
+            stop.wait(self.config.poll_seconds)
+
+    def _poll(self, until: float | None = None) -> plan.MiningInfo:
+        info = plan.parse_mining_info(self.node.call("getmininginfo", until=until))
+        if self.node.reconnects != self._seen_reconnects:
+            self._seen_reconnects = self.node.reconnects
+            self.load_params()
+        return info
+
+    def _poll_same(self, info: plan.MiningInfo, until: float) -> plan.MiningInfo:
+        """Fresh mining info for the same tip; Abandon if the tip moved or the node stays away."""
+        try:
+            now = self._poll(until)
+        except NodeGone as exc:
+            raise Abandon(f"node unreachable: {exc}") from None
+        if now.height != info.height or now.prev_hash != info.prev_hash:
+            raise Abandon(f"tip moved to height {now.height - 1}")
+        return now
+
+    def _call(self, method: str, until: float, **params):
+        try:
+            return self.node.call(method, until=until, **params)
+        except NodeGone as exc:
+            raise Abandon(f"node unreachable: {exc}") from None
+
+    # -- one round -------------------------------------------------------------
+    def mine_round(self, info: plan.MiningInfo, slot: int, prefetcher: Prefetcher) -> RoundResult | None:
+        """Train, commit, evaluate and claim for (info.height, slot); None if the round was abandoned."""
+        tag = "standing task" if info.current.standing else f"task {info.current.task_id.hex()[:12]}"
+        self.reporter.emit(
+            "round", f"height {info.height} slot {slot}: phase 1, {tag}",
+            height=info.height, slot=slot, task_id=info.current.task_id, standing=info.current.standing,
+        )
+        try:
+            return self._mine_round(info, slot, prefetcher)
+        except Abandon as exc:
+            self.reporter.emit("abandon", f"height {info.height} slot {slot}: abandoned ({exc})",
+                               height=info.height, slot=slot, reason=str(exc))
+        except (RpcError, BlobError, OSError, ValueError) as exc:
+            # One bad round (a damaged blob, a full disk, an odd node answer) must not stop the miner.
+            self.reporter.emit("error", f"height {info.height} slot {slot}: failed: {type(exc).__name__}: {exc}",
+                               height=info.height, slot=slot, error=f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _mine_round(self, info: plan.MiningInfo, slot: int, prefetcher: Prefetcher) -> RoundResult:
+        params = self.params
+        kp = self.config.keypair
+        standing = info.current.standing
+        task = info.current.task
+        phase2 = get_phase2_start(params, slot)
+        slot_end = get_slot_start(params, slot + 1)
+        margin = self.config.margin if self.config.margin is not None else plan.compute_commit_margin(params, self.node.rtt)
+        deadline = plan.compute_train_deadline(params, slot, margin)
+
+        # Phase 1: the training key decides between the task and the standing task.
+        train_key = None
+        while True:
+            ok = plan.is_matching_key(task, KEY_TRAIN, info.train_key)
+            mode = plan.decide_train_mode(params, slot, time.time(), standing, ok)
+            if mode is not plan.WAIT:
+                train_key = info.train_key if ok else None
+                break
+            time.sleep(min(0.2, self.config.poll_seconds))
+            info = self._poll_same(info, deadline)
+        if not standing and mode == plan.MODE_NORMAL:
+            self.reporter.emit("train-key", f"training key of task {info.current.task_id.hex()[:12]} received",
+                               task_id=info.current.task_id)
+        elif mode == MODE_NO_TRAIN_KEY:
+            self.reporter.emit("no-train-key", "no training key in time: mining the standing task (mode 1)",
+                               task_id=info.current.task_id)
+
+        data = self._load_train_data(info, mode, train_key, prefetcher)
+        if data is None:  # the selected task's data is unusable: the standing task keeps the interval mined
+            mode = MODE_NO_TRAIN_KEY
+            train_key = None
+            data = get_work_data(None, params, info.prev_hash, mode, {}, self.blobs, self.datadir)
+
+        now = time.time()
+        if not plan.can_start_training(now, deadline):
+            raise Abandon(f"too late to train: phase 1 ends in {max(0.0, phase2 - now):.1f} s")
+        self.reporter.emit(
+            "train", f"training {data.model.architecture} on {len(data.train_set)} images for {deadline - now:.0f} s",
+            mode=mode, images=len(data.train_set), seconds=round(deadline - now, 1),
+        )
+        from pouw.seg.train import TrainError, train
+
+        try:
+            result = train(
+                data.model, data.train, data.train_set, compute_training_seed(info.prev_hash, kp.public_key),
+                deadline, self.blobs, device=self.config.device, progress=self.config.progress,
+                num_threads=self._threads(),
+            )
+        except TrainError as exc:
+            raise Abandon(f"training failed: {exc}") from None
+        self.blobs.put_bytes(result.model_file)  # the model is served beside its checkpoints
+        self.reporter.emit(
+            "trained",
+            f"trained {result.epochs} epochs (loss {result.epoch_losses[-1]:.4f}, stopped: {result.stop_reason})",
+            epochs=result.epochs, loss=result.epoch_losses[-1], stop_reason=result.stop_reason,
+            model_digest=result.model_digest,
+        )
+
+        info = self._poll_same(info, phase2)
+        work_task = plan.get_work_task_id(params, info.current.task_id, mode)
+        commit = make_commit(kp, info.height, slot, work_task, result.model_digest)
+        try:
+            self._call("submitcommit", phase2, hex=encode(commit).hex())
+        except RpcError as exc:
+            raise Abandon(f"commit refused: {exc}") from None
+        self.reporter.emit("commit", f"commit sent for height {info.height} ({phase2 - time.time():.1f} s before phase 2)",
+                           height=info.height, slot=slot, binding=commit.binding)
+
+        # Phase 2: the test key decides how the model is scored.
+        while time.time() < phase2:
+            time.sleep(min(0.2, max(0.0, phase2 - time.time())))
+        info = self._poll_same(info, slot_end)
+        while True:
+            ok = plan.is_matching_key(task, KEY_TEST, info.test_key)
+            final = plan.decide_score_mode(params, slot, time.time(), mode, standing, ok)
+            if final is not plan.WAIT:
+                break
+            time.sleep(min(0.2, self.config.poll_seconds))
+            info = self._poll_same(info, slot_end)
+        test_key = info.test_key if final == plan.MODE_NORMAL and not standing else None
+        if final == MODE_NO_TEST_KEY:
+            self.reporter.emit("no-test-key", "no test key in time: scoring on the training set (mode 2)")
+        score_set = self._load_score_set(info, final, test_key, data, prefetcher)
+        if score_set is None:
+            final, test_key, score_set = MODE_NO_TEST_KEY, None, data.train_set
+
+        from pouw.seg.dice import evaluate
+
+        dice = evaluate(result.model_file, data.model, score_set, device="cpu").dice_ppm
+        self.reporter.emit("dice", f"Dice {dice / 1e6:.4f} on {len(score_set)} images ({plan.MODE_NAMES[final]})",
+                           dice_ppm=dice, mode=final)
+
+        template = decode(BlockTemplate, bytes.fromhex(self._call("getblocktemplate", slot_end)["hex"]))
+        if template.height != info.height or template.prev_hash != info.prev_hash:
+            raise Abandon(f"tip moved to height {template.height - 1}")
+        work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (self.link,), dice)
+        block = complete_block(
+            template, params, kp, slot=slot, timestamp=plan.compute_block_timestamp(params, slot, time.time()),
+            commit=commit, work=work, task=task, task_mode=final,
+            key_reveals=plan.get_key_reveals(info.current.task_id, standing, final, train_key, test_key),
+        )
+        try:
+            self._call("submitclaim", slot_end, hex=encode(Claim(block)).hex())
+        except RpcError as exc:
+            raise Abandon(f"claim refused: {exc}") from None
+        self.reporter.emit(
+            "claim", f"claim sent: block {block.hash.hex()[:16]} height {info.height} Dice {dice / 1e6:.4f}",
+            height=info.height, slot=slot, block_hash=block.hash, dice_ppm=dice, mode=final,
+        )
+        return RoundResult(info.height, slot, info.current.task_id, final, dice, block.hash, result.model_digest,
+                           result.epochs)
+
+    # -- data ------------------------------------------------------------------
+    def _load_train_data(self, info: plan.MiningInfo, mode: int, train_key: bytes | None,
+                         prefetcher: Prefetcher) -> WorkData | None:
+        """The round's data (decrypting the training blob); None when the task's data is unusable."""
+        task = info.current.task
+        if task is not None and mode != MODE_NO_TRAIN_KEY and not prefetcher.ensure(task.train_blob, info.blob_url):
+            return None
+        keys = {KEY_TRAIN: train_key} if train_key else {}
+        try:
+            return get_work_data(task, self.params, info.prev_hash, mode, keys, self.blobs, self.datadir)
+        except InvalidBlock as exc:
+            self.reporter.emit("bad-data", f"task data unusable: {exc}", error=str(exc))
+            return None
+
+    def _load_score_set(self, info: plan.MiningInfo, mode: int, test_key: bytes | None, data: WorkData,
+                        prefetcher: Prefetcher):
+        """The set the model is scored on; None when the test split cannot be had (the caller uses mode 2)."""
+        if mode == MODE_NO_TEST_KEY:
+            return data.train_set
+        if data.score_set is not None:  # standing task
+            return data.score_set
+        task = info.current.task
+        if not prefetcher.ensure(task.test_blob, info.blob_url):
+            return None
+        try:
+            return load_task_split(task, KEY_TEST, test_key, self.blobs, self.datadir)
+        except InvalidBlock as exc:
+            self.reporter.emit("bad-data", f"test data unusable: {exc}", error=str(exc))
+            return None

@@ -1,0 +1,68 @@
+"""`pouw chain ...`: what the node knows about the chain."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from pouw.cli.common import call, format_coins, json_option, make_client, node_options, output, short
+
+MODE_NAMES = {0: "normal", 1: "no training key (standing task)", 2: "no test key (scored on training set)"}
+
+
+@click.group()
+def chain() -> None:
+    """Chain: tip, phase and blocks."""
+
+
+@chain.command("info")
+@node_options
+@json_option
+def info(node_url: str, datadir: Path, as_json: bool) -> None:
+    """The node's network, tip, phase and peers."""
+    res = call(make_client(node_url, datadir), "getinfo")
+
+    def lines() -> list[str]:
+        left = max(0, int(float(res.get("phase_end", 0)) - time.time()))
+        return [
+            f"network  {res.get('network')} (chain {short(str(res.get('chain_id', '')))})",
+            f"height   {res.get('height')}  tip {short(str(res.get('tip', '')))}",
+            f"slot     {res.get('slot')}  phase {res.get('phase')} (ends in {left} s)",
+            f"peers    {res.get('peers')}",
+            f"supply   {format_coins(int(res.get('supply', 0)))} coins",
+            f"mempool  {res.get('mempool_size')} transactions",
+            f"blobs    {res.get('blob_url')}",
+        ]
+
+    output(as_json, res, lines)
+
+
+@chain.command("block")
+@click.argument("ref")
+@node_options
+@json_option
+def block(ref: str, node_url: str, datadir: Path, as_json: bool) -> None:
+    """Show the block at height REF, or with hash REF."""
+    key: int | str = int(ref) if ref.isdigit() else ref.lower().removeprefix("0x")
+    if isinstance(key, str) and (len(key) != 64 or any(c not in "0123456789abcdef" for c in key)):
+        raise click.BadParameter("must be a height or a 64-hex-digit block hash", param_hint="HEIGHT_OR_HASH")
+    res = call(make_client(node_url, datadir), "getblock", ref=key)
+
+    def lines() -> list[str]:
+        h = res.get("header", {})
+        out = [
+            f"block {res.get('hash')}",
+            f"height {res.get('height')}  slot {h.get('slot')}  confirmations {res.get('confirmations')}",
+            f"time   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(int(h.get('timestamp', 0))))}",
+            f"miner  {h.get('miner')}",
+            f"task   {h.get('task_id')}  mode {MODE_NAMES.get(h.get('task_mode'), h.get('task_mode'))}",
+            f"Dice   {int(h.get('dice_ppm', 0)) / 1e6:.4f}",
+            f"txs    {len(res.get('transactions', []))}",
+        ]
+        for tx in res.get("transactions", [])[:20]:
+            out.append(f"  {short(str(tx.get('txid', '')))} {tx.get('type')}")
+        return out
+
+    output(as_json, res, lines)

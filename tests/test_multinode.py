@@ -1,0 +1,289 @@
+"""Several real full nodes and real miners on 127.0.0.1: mining, agreement, misbehaving miners, splits.
+
+The in-process tests run FullNode objects (real libp2p hosts, LevelDB, RPC
+servers, blob servers) and real `Miner` loops in threads; the devnet test
+runs every node and miner as a separate process, as `pouw devnet up` does.
+Everything started is stopped in `finally` blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from consensus.assemble import BlockTemplate, complete_block, make_commit
+from consensus.clock import get_phase2_start, get_slot_start
+from consensus.forkchoice import is_better
+from consensus.genesis import COIN, make_devnet_params
+from consensus.rules import compute_body_root, compute_work_payload, get_train_data_digest
+from fullnode.config import NodeConfig
+from fullnode.node import FullNode
+from miner.events import Reporter
+from miner.loop import Miner, MinerConfig
+from miner.node import NodeLink
+from pouw.encoding import decode, encode
+from pouw.keys import KeyPair
+from pouw.rpc import RpcClient, RpcError
+from pouw.types import MODE_NO_TRAIN_KEY, Allocation, BlobRef, Block, Claim, TaskSubmission, WorkProof
+
+pytestmark = pytest.mark.slow
+
+
+def key(name: str) -> KeyPair:
+    return KeyPair.from_seed(hashlib.sha256(f"multinode/{name}".encode()).digest())
+
+
+HONEST, LIAR, THIEF, PUBLISHER, OTHER = (key(n) for n in ("honest", "liar", "thief", "publisher", "other"))
+
+
+def make_params(phase1: int, phase2: int, margin: int = 8):
+    funded = (HONEST, LIAR, THIEF, PUBLISHER, OTHER)
+    return make_devnet_params(
+        int(time.time()) + margin,
+        tuple(Allocation(k.public_key, 1_000 * COIN) for k in funded),
+        phase1_seconds=phase1,
+        phase2_seconds=phase2,
+    )
+
+
+def start_node(root: Path, name: str, params, bootstrap=()) -> FullNode:
+    config = NodeConfig(datadir=root / name, params=params, rpc_port=0, bootstrap=list(bootstrap))
+    return FullNode(config, log_fn=lambda msg: None).start()
+
+
+def client(node: FullNode) -> RpcClient:
+    return RpcClient(node.rpc.url, datadir=node.datadir, timeout=30)
+
+
+class LyingLink(NodeLink):
+    """A miner's link that inflates the Dice of every claim and re-signs the block: a lying miner."""
+
+    def __init__(self, *args, liar: KeyPair, params, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keypair = liar
+        self.params = params
+        self.lies: list[bytes] = []
+
+    def call(self, method, *, until=None, **params):
+        if method == "submitclaim":
+            block = decode(Claim, bytes.fromhex(params["hex"])).block
+            block = inflate_dice(block, self.keypair, 999_999)
+            self.lies.append(block.hash)
+            params = {"hex": encode(Claim(block)).hex()}
+        return super().call(method, until=until, **params)
+
+
+def inflate_dice(block: Block, keypair: KeyPair, dice: int) -> Block:
+    """The same block claiming `dice`, with root, work signature and header signature made consistent."""
+    work = dataclasses.replace(block.body.work, dice_ppm=dice)
+    body = dataclasses.replace(block.body, work=work)
+    h = block.header
+    train = get_train_data_digest(h.prev_hash, h.task_mode, None)
+    payload = compute_work_payload(work.model_digest, train, h.task_id, dice)
+    header = dataclasses.replace(
+        h, dice_ppm=dice, body_root=compute_body_root(body), size=len(encode(body)), work_signature=keypair.sign(b"work", payload)
+    ).signed_by(keypair)
+    return Block(header, body)
+
+
+class MinerThread:
+    """A real Miner mining against one node in a thread."""
+
+    def __init__(self, node: FullNode, keypair: KeyPair, workdir: Path, link_cls=NodeLink, **link_kwargs):
+        self.reporter = Reporter(as_json=True, stream=io.StringIO())
+        self.link = link_cls(client(node), self.reporter, **link_kwargs)
+        config = MinerConfig(keypair=keypair, workdir=workdir, threads=1, progress=False)
+        self.miner = Miner(self.link, config, self.reporter)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.miner.run, kwargs={"stop": self.stop_event}, daemon=True)
+
+    def start(self) -> "MinerThread":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def submit_silent_task(node: FullNode, tmp: Path, reward_coins: int) -> TaskSubmission:
+    """Publish a task through `node` but never hand its keys to anyone: a publisher who never reveals."""
+    from pouw.seg.data import write_synthetic_dataset_dir
+    from pouw.seg.spec import ModelSpec, TrainSpec
+    from pouw.taskpack import pack_dataset
+
+    spec = ModelSpec(architecture="unet2d", in_channels=1, num_classes=2, base_filters=8, patch_size=(32, 32))
+    write_synthetic_dataset_dir(tmp / "silent", b"silent-task", 16, 8, spec)
+    packed = pack_dataset(tmp / "silent", tmp / "silent-packed", keystore_dir=tmp / "silent-keys")
+    rpc = client(node)
+    refs = []
+    for blob in (packed.train, packed.test):
+        imported = rpc.call("importblob", path=str(blob.path))
+        refs.append(BlobRef(blob.digest, blob.size, blob.key_commitment, (imported["link"],)))
+    nonce = rpc.call("getbalance", address=PUBLISHER.address)["pending_nonce"]
+    task = TaskSubmission(
+        publisher=PUBLISHER.public_key,
+        reward=reward_coins * COIN,
+        fee=10_000,
+        nonce=nonce,
+        model=spec,
+        train=TrainSpec(learning_rate=0.01, batch_size=8, loss="dice", optimizer="adam", max_epochs=20),
+        train_blob=refs[0],
+        test_blob=refs[1],
+        title="a task whose keys never come",
+    ).signed_by(PUBLISHER)
+    rpc.call("sendtx", hex=encode(task).hex())
+    return task
+
+
+def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
+    params = make_params(phase1=12, phase2=8)
+    nodes, miners = [], []
+    try:
+        a = start_node(tmp_path, "a", params)
+        nodes.append(a)
+        b = start_node(tmp_path, "b", params, a.p2p_addrs())
+        nodes.append(b)
+        silent = submit_silent_task(a, tmp_path, reward_coins=4)
+        publisher_start = 1_000 * COIN
+        miners.append(MinerThread(a, HONEST, tmp_path / "honest").start())
+        liar = MinerThread(b, LIAR, tmp_path / "liar", LyingLink, liar=LIAR, params=params).start()
+        miners.append(liar)
+
+        # Phase 2 of slot 0: once the honest claim is out, try the thief's and the latecomer's tricks on node b.
+        wait_until(lambda: time.time() >= get_phase2_start(params, 0), 60, "phase 2 of slot 0")
+        wait_until(lambda: any(c.block.header.miner == HONEST.public_key for c in b.claims.ranked(slot=0)), 30, "the honest claim")
+        honest_block = next(c.block for c in b.claims.ranked(slot=0) if c.block.header.miner == HONEST.public_key)
+        rpc = client(b)
+        template = decode(BlockTemplate, bytes.fromhex(rpc.call("getblocktemplate")["hex"]))
+        stolen = honest_block.body.work
+
+        # Past Phase 1 and its clock-skew tolerance.
+        wait_until(lambda: time.time() >= get_phase2_start(params, 0) + params.clock_skew_seconds + 0.5, 30, "skew to pass")
+        late = make_commit(THIEF, 1, 0, params.standing_task.task_id, stolen.model_digest)
+        with pytest.raises(RpcError, match="wrong-phase"):
+            rpc.call("submitcommit", hex=encode(late).hex())
+
+        def claim_with(commit, work) -> Block:
+            return complete_block(template, params, THIEF, slot=0, timestamp=int(time.time()), commit=commit, work=work, task=None)
+
+        with pytest.raises(RpcError, match="not-committed"):  # the stolen model under the thief's own (late) commit
+            rpc.call("submitclaim", hex=encode(Claim(claim_with(late, stolen))).hex())
+        with pytest.raises(RpcError, match="another miner"):  # the stolen model under the honest miner's commit
+            rpc.call("submitclaim", hex=encode(Claim(claim_with(honest_block.body.commit, stolen))).hex())
+        fresh = WorkProof(b"\x42" * 32, 1000, (b"\x43" * 32,), ("http://127.0.0.1:9",), 990_000)
+        uncommitted = make_commit(THIEF, 1, 0, params.standing_task.task_id, fresh.model_digest)
+        with pytest.raises(RpcError, match="not-committed"):  # a model never committed at all
+            rpc.call("submitclaim", hex=encode(Claim(claim_with(uncommitted, fresh))).hex())
+
+        wait_until(lambda: all(n.store.tip_height >= 3 for n in nodes), 150, "three blocks on both nodes")
+        for m in miners:
+            m.stop()
+        wait_until(lambda: len({n.store.tip_hash for n in nodes}) == 1, 30, "agreement")
+
+        # The liar claimed more than the honest miner every time and never won.
+        assert liar.link.lies, "the lying miner sent no claim"
+        for height in (1, 2, 3):
+            assert a.store.get_block_at(height).header.miner == HONEST.public_key
+        reasons = " ".join(list(a._rejected_blocks.values()) + list(b._rejected_blocks.values()))
+        assert "claimed Dice 999999 ppm, measured" in reasons
+        assert a.store.get_meta().state_checksum == b.store.get_meta().state_checksum
+
+        # The silent publisher's task was selected for height 3, mined as the standing task and refunded.
+        block3 = a.store.get_block_at(3)
+        assert block3.header.task_id == silent.task_id and block3.header.task_mode == MODE_NO_TRAIN_KEY
+        assert a.store.state().get_account(PUBLISHER.public_key).balance == publisher_start - silent.fee
+        assert client(a).call("gettask", task_id=silent.task_id.hex())["status"] == "refunded"
+    finally:
+        for m in miners:
+            m.stop()
+        for n in reversed(nodes):
+            n.stop()
+
+
+def test_network_split_heals_by_fork_choice(tmp_path):
+    params = make_params(phase1=10, phase2=6)
+    nodes, miners = [], []
+    try:
+        a = start_node(tmp_path, "a", params)
+        b = start_node(tmp_path, "b", params)  # no bootstrap: two separate networks
+        nodes += [a, b]
+        miners.append(MinerThread(a, HONEST, tmp_path / "ma").start())
+        miners.append(MinerThread(b, OTHER, tmp_path / "mb").start())
+        wait_until(lambda: a.store.tip_height >= 2 and b.store.tip_height >= 2, 150, "two blocks on each side")
+        for m in miners:
+            m.stop()
+        time.sleep(1)
+        assert a.store.get_block_at(1).hash != b.store.get_block_at(1).hash, "the split did not fork"
+        score_a = a.store.get_index(a.store.tip_hash).score
+        score_b = b.store.get_index(b.store.tip_hash).score
+        winner = score_a if is_better(score_a, score_b) else score_b
+        b.p2p_thread.call(b.p2p.connect, a.p2p_addrs()[0])
+        wait_until(lambda: a.store.tip_hash == b.store.tip_hash, 60, "the fork to heal")
+        assert a.store.tip_hash == winner.tip_hash
+        assert a.store.get_meta().state_checksum == b.store.get_meta().state_checksum
+    finally:
+        for m in miners:
+            m.stop()
+        for n in reversed(nodes):
+            n.stop()
+
+
+def test_devnet_processes_agree_pay_and_a_late_node_syncs(tmp_path):
+    from pouw.devnet import Devnet, DevnetOptions
+
+    options = DevnetOptions(root=tmp_path / "net", nodes=3, miners=2, blocks=3, phase1=15, phase2=8, tasks=(5, 9), timeout=400)
+    with Devnet(options, emit=lambda line: None) as net:
+        net.start()
+        task_ids = net.submit_tasks()
+        blocks = net.watch(lambda b: None)
+        net.stop_miners()
+        tips = net.tips(settle_seconds=20)
+        assert len(set(tips)) == 1, f"nodes disagree: {tips}"
+        infos = [net.client(i).call("getinfo") for i in range(3)]
+        assert len({i["state_checksum"] for i in infos}) == 1
+
+        # Blocks 1-2 mine the standing task; block 3 the higher-reward task, submitted before block 1.
+        rpc = net.client(0)
+        chain = [rpc.call("getblock", ref=h) for h in range(1, 4)]
+        assert [c["header"]["task_id"] for c in chain[:2]] == [params_standing(net)] * 2
+        assert chain[2]["header"]["task_id"] == task_ids[1]
+
+        # Each miner's balance is its allocation plus, per block won, reward + fees (+ the task's escrow).
+        expected: dict[str, int] = {}
+        for c in chain:
+            pay = net.params.block_reward + sum(tx["fee"] for tx in c["transactions"])
+            if c["header"]["task_id"] == task_ids[1]:
+                pay += 9 * COIN
+            expected[c["header"]["miner"]] = expected.get(c["header"]["miner"], 1_000 * COIN) + pay
+        for address, balance in expected.items():
+            assert rpc.call("getbalance", address=address)["balance"] == balance
+
+        # A node joining now syncs everything and re-validates it (Dice recomputed for every block).
+        late_dir = net.root / "late"
+        proc = net._spawn("late", ["node", "start", "--datadir", str(late_dir), "--params", str(net.root / "params.json"),
+                                   "--rpc-port", "0", "--bootstrap", net.node_info[0]["p2p_addrs"][0]])
+        info = net._wait_node_file(late_dir, proc)
+        late = RpcClient(info["rpc_url"], datadir=late_dir, timeout=30)
+        wait_until(lambda: late.call("getinfo")["tip"] == tips[0], 120, "the late node to sync")
+        assert late.call("getinfo")["state_checksum"] == infos[0]["state_checksum"]
+        assert "rejected" not in proc.log_path.read_text()
+        assert len(blocks) == 3
+
+
+def params_standing(net) -> str:
+    return net.params.standing_task.task_id.hex()
