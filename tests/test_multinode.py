@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from consensus.assemble import BlockTemplate, complete_block, make_commit
-from consensus.clock import get_phase2_start, get_slot_start
+from consensus.clock import get_phase2_start
 from consensus.forkchoice import is_better
 from consensus.genesis import COIN, make_devnet_params
 from consensus.rules import compute_body_root, compute_work_payload, get_train_data_digest
@@ -52,8 +52,8 @@ def make_params(phase1: int, phase2: int, margin: int = 8):
     )
 
 
-def start_node(root: Path, name: str, params, bootstrap=()) -> FullNode:
-    config = NodeConfig(datadir=root / name, params=params, rpc_port=0, bootstrap=list(bootstrap))
+def start_node(root: Path, name: str, params, bootstrap=(), claim_wait: float | None = None) -> FullNode:
+    config = NodeConfig(datadir=root / name, params=params, rpc_port=0, bootstrap=list(bootstrap), claim_wait_seconds=claim_wait)
     return FullNode(config, log_fn=lambda msg: None).start()
 
 
@@ -156,7 +156,7 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
     try:
         a = start_node(tmp_path, "a", params)
         nodes.append(a)
-        b = start_node(tmp_path, "b", params, a.p2p_addrs())
+        b = start_node(tmp_path, "b", params, a.p2p_addrs(), claim_wait=6.5)
         nodes.append(b)
         silent = submit_silent_task(a, tmp_path, reward_coins=4)
         publisher_start = 1_000 * COIN
@@ -164,33 +164,38 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
         liar = MinerThread(b, LIAR, tmp_path / "liar", LyingLink, liar=LIAR, params=params).start()
         miners.append(liar)
 
-        # Phase 2 of slot 0: once the honest claim is out, try the thief's and the latecomer's tricks on node b.
-        wait_until(lambda: time.time() >= get_phase2_start(params, 0), 60, "phase 2 of slot 0")
-        wait_until(lambda: any(c.block.header.miner == HONEST.public_key for c in b.claims.ranked(slot=0)), 30, "the honest claim")
-        honest_block = next(c.block for c in b.claims.ranked(slot=0) if c.block.header.miner == HONEST.public_key)
+        # In Phase 2 of the first slot the honest miner claims in, try the thief's and the latecomer's
+        # tricks on node b (which gathers claims until late in Phase 2, so the height is still open).
+        def honest_claims():
+            return [c.block for c in b.claims.ranked() if c.block.header.miner == HONEST.public_key]
+
+        wait_until(lambda: honest_claims(), 120, "the honest claim")
+        honest_block = honest_claims()[0]
+        height, slot = honest_block.header.height, honest_block.header.slot
         rpc = client(b)
         template = decode(BlockTemplate, bytes.fromhex(rpc.call("getblocktemplate")["hex"]))
+        assert template.height == height, "node b decided the height before the tricks could be tried"
         stolen = honest_block.body.work
 
         # Past Phase 1 and its clock-skew tolerance.
-        wait_until(lambda: time.time() >= get_phase2_start(params, 0) + params.clock_skew_seconds + 0.5, 30, "skew to pass")
-        late = make_commit(THIEF, 1, 0, params.standing_task.task_id, stolen.model_digest)
+        wait_until(lambda: time.time() >= get_phase2_start(params, slot) + params.clock_skew_seconds + 0.5, 30, "skew to pass")
+        late = make_commit(THIEF, height, slot, params.standing_task.task_id, stolen.model_digest)
         with pytest.raises(RpcError, match="wrong-phase"):
             rpc.call("submitcommit", hex=encode(late).hex())
 
         def claim_with(commit, work) -> Block:
-            return complete_block(template, params, THIEF, slot=0, timestamp=int(time.time()), commit=commit, work=work, task=None)
+            return complete_block(template, params, THIEF, slot=slot, timestamp=int(time.time()), commit=commit, work=work, task=None)
 
         with pytest.raises(RpcError, match="not-committed"):  # the stolen model under the thief's own (late) commit
             rpc.call("submitclaim", hex=encode(Claim(claim_with(late, stolen))).hex())
         with pytest.raises(RpcError, match="another miner"):  # the stolen model under the honest miner's commit
             rpc.call("submitclaim", hex=encode(Claim(claim_with(honest_block.body.commit, stolen))).hex())
         fresh = WorkProof(b"\x42" * 32, 1000, (b"\x43" * 32,), ("http://127.0.0.1:9",), 990_000)
-        uncommitted = make_commit(THIEF, 1, 0, params.standing_task.task_id, fresh.model_digest)
+        uncommitted = make_commit(THIEF, height, slot, params.standing_task.task_id, fresh.model_digest)
         with pytest.raises(RpcError, match="not-committed"):  # a model never committed at all
             rpc.call("submitclaim", hex=encode(Claim(claim_with(uncommitted, fresh))).hex())
 
-        wait_until(lambda: all(n.store.tip_height >= 3 for n in nodes), 150, "three blocks on both nodes")
+        wait_until(lambda: all(n.store.tip_height >= 3 for n in nodes), 200, "three blocks on both nodes")
         for m in miners:
             m.stop()
         wait_until(lambda: len({n.store.tip_hash for n in nodes}) == 1, 30, "agreement")
