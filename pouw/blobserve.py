@@ -23,6 +23,8 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pouw.httpthread import start_http_thread, stop_http_thread
+
 log = logging.getLogger("pouw.blobserve")
 
 _PATH_RE = re.compile(r"^/blob/([0-9a-fA-F]{64})$")
@@ -159,16 +161,13 @@ class BlobServer:
             raise OSError(exc.errno, f"cannot serve blobs on {self._addr[0]}:{self._addr[1]}: {exc.strerror}") from exc
         httpd.store = self.store
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="pouw-blobserve", daemon=True)
-        self._thread.start()
+        self._thread = start_http_thread(httpd, "pouw-blobserve")
         return self
 
     def stop(self) -> None:
         if self._httpd is None:
             return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(10)
+        stop_http_thread(self._httpd, self._thread)
         self._httpd = None
         self._thread = None
 

@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+from pouw.httpthread import start_http_thread, stop_http_thread
+
 log = logging.getLogger("pouw.rpc")
 
 COOKIE_USER = "__cookie__"
@@ -224,16 +226,13 @@ class RpcServer:
             httpd.server_close()
             raise
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="pouw-rpc", daemon=True)
-        self._thread.start()
+        self._thread = start_http_thread(httpd, "pouw-rpc")
         return self
 
     def stop(self) -> None:
         if self._httpd is None:
             return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(10)
+        stop_http_thread(self._httpd, self._thread)
         self._httpd = None
         self._thread = None
         # Remove the cookie only if it is still ours (a second node may have
