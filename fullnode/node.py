@@ -546,14 +546,20 @@ class FullNode:
             f"winner {header.miner.hex()[:12]} dice {header.dice_ppm / 1e6:.4f}"
         )
 
+    def is_work_checked(self, block: Block) -> bool:
+        """True when the verification policy (config.verify) recomputes this block's Dice."""
+        return not (self.config.verify == VERIFY_HIGH and not is_high_accuracy(block, self.params))
+
     def _verify_work(self, block: Block, state: State) -> None:
         """The store's hook: recompute the Dice of a block about to be connected (policy: config.verify)."""
-        if self.config.verify == VERIFY_HIGH and not is_high_accuracy(block, self.params):
+        if not self.is_work_checked(block):
             return
         verify_block_work(block, state, self.params, self.blobs, self.workdir)
 
     def _fetch_for(self, block: Block) -> None:
         """Download the task and work blobs a block's verification needs."""
+        if not self.is_work_checked(block):
+            return
         header = block.header
         task = None if header.task_id == self.params.standing_task.task_id else self.get_task(header.task_id)
         links_by_digest: dict[bytes, list[str]] = {}
