@@ -15,11 +15,14 @@ Threads and who may touch what:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +75,7 @@ log = logging.getLogger("pouw.node")
 SYNC_INTERVAL = 3.0
 """Seconds between status checks with peers."""
 BAN_SECONDS = 600.0
+MAX_REMEMBERED_REJECTIONS = 10_000
 
 
 @dataclass
@@ -118,9 +122,10 @@ class FullNode:
         self.p2p_thread: P2PThread | None = None
         self.blob_server: BlobServer | None = None
         self.rpc = None
-        self._verify_slot_done: dict[int, float] = {}
-        self._rejected_blocks: dict[bytes, str] = {}
-        self._orphans: dict[bytes, Block] = {}
+        self._verified_slot = -1
+        """The last slot whose Phase-2 claim verification was started by the clock."""
+        self._rejected_blocks: OrderedDict[bytes, str] = OrderedDict()
+        """Why recent blocks were rejected (bounded: peers can make invalid blocks cheaply)."""
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> "FullNode":
@@ -168,7 +173,7 @@ class FullNode:
             "rpc_url": self.rpc.url if self.rpc else None,
             "blob_url": self.blob_server.url if self.blob_server else None,
             "p2p_addrs": self.p2p_addrs(),
-            "pid": __import__("os").getpid(),
+            "pid": os.getpid(),
         }
 
     def p2p_addrs(self) -> list[str]:
@@ -393,16 +398,11 @@ class FullNode:
         store = self.datadir / "taskkeys"
         store.mkdir(mode=0o700, exist_ok=True)
         path = store / f"{task_id.hex()}.json"
-        import json
-        import os
-
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"train_key": train_key.hex(), "test_key": test_key.hex()}, fh)
 
     def _load_publisher_keys(self) -> None:
-        import json
-
         folder = self.datadir / "taskkeys"
         if not folder.is_dir():
             return
@@ -451,8 +451,8 @@ class FullNode:
             except Exception as exc:
                 log.exception("key reveal failed: %s", exc)
             point = get_phase_point(self.params, now)
-            if point.phase == PHASE_2 and now >= self._claim_start(point.slot) and point.slot not in self._verify_slot_done:
-                self._verify_slot_done[point.slot] = now
+            if point.phase == PHASE_2 and now >= self._claim_start(point.slot) and point.slot != self._verified_slot:
+                self._verified_slot = point.slot
                 self.jobs.put(("verify_claims", None, None, now))
             if last_point is None or (point.slot, point.phase) != (last_point.slot, last_point.phase):
                 last_point = point
@@ -507,7 +507,7 @@ class FullNode:
         if self.store.get_index(block_hash) is not None:
             return True
         if self.store.get_index(block.header.prev_hash) is None:
-            self._orphans[block_hash] = block
+            # Its ancestors come with the next sync (which asks the peers with better chains).
             self.jobs.put(("sync", None, None, time.time()))
             return False
         try:
@@ -522,6 +522,8 @@ class FullNode:
                 self.store.submit_block(block)
             except InvalidBlock as exc:
                 self._rejected_blocks[block_hash] = str(exc)
+                while len(self._rejected_blocks) > MAX_REMEMBERED_REJECTIONS:
+                    self._rejected_blocks.popitem(last=False)
                 self.log(f"rejected block {block.header.height} {block_hash.hex()[:12]} from miner {block.header.miner.hex()[:12]}: {exc}")
                 self._penalize(peer, f"invalid block: {exc}")
                 return False
