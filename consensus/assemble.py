@@ -8,7 +8,6 @@ from typing import Annotated
 from pouw.encoding import Hash32, MaxLen, encode
 from pouw.keys import KeyPair
 from pouw.types import (
-    MODE_NO_TRAIN_KEY,
     ZERO_HASH,
     ZERO_SIGNATURE,
     Block,
@@ -29,43 +28,13 @@ from consensus.rules import (
     get_train_data_digest,
 )
 from consensus.state import State
-from consensus.transition import InvalidBlock, process_schedule, process_transaction
-
-
-def get_work_task_id(state: State, params: ChainParams, height: int, task_mode: int) -> bytes:
-    """The task a miner must train for `height` in `task_mode`."""
-    scheduled = state.get_status().scheduled[0]
-    if scheduled.height != height:
-        raise InvalidBlock(f"state tip does not precede height {height}")
-    return params.standing_task.task_id if task_mode == MODE_NO_TRAIN_KEY else scheduled.task_id
+from consensus.transition import process_schedule, process_transaction
 
 
 def make_commit(keypair: KeyPair, height: int, slot: int, task_id: bytes, model_digest: bytes) -> Commit:
     """A signed Phase-1 commit to `model_digest`."""
     binding = compute_commit_binding(model_digest, keypair.public_key)
     return Commit(height, slot, task_id, keypair.public_key, binding).signed_by(keypair)
-
-
-def select_transactions(state: State, candidates: list[Transaction], height: int, params: ChainParams) -> list[Transaction]:
-    """The candidates that apply in order on `state`, skipping any that do not, within block limits."""
-    trial = state.child()
-    chosen: list[Transaction] = []
-    size = 0
-    for tx in candidates:
-        if len(chosen) >= params.max_block_transactions:
-            break
-        tx_size = len(encode(tx))
-        if size + tx_size > params.max_block_size - 64 * 1024:  # room for work and commit
-            break
-        attempt = trial.child()
-        try:
-            process_transaction(attempt, tx, height, params)
-        except InvalidBlock:
-            continue
-        trial.absorb(attempt)
-        chosen.append(tx)
-        size += tx_size
-    return chosen
 
 
 @dataclass(frozen=True)
@@ -87,7 +56,7 @@ class BlockTemplate:
 
 
 def make_block_template(state: State, params: ChainParams, transactions: tuple[Transaction, ...] = ()) -> BlockTemplate:
-    """A template on top of `state` with `transactions` (which must all apply; see select_transactions)."""
+    """A template on top of `state` with `transactions` (which must all apply; the node picks them with mempool.txpool.TxPool.select_for_block)."""
     status = state.get_status()
     height = status.height + 1
     task_id = status.scheduled[0].task_id

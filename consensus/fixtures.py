@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 
-from consensus.assemble import assemble_block, get_work_task_id, make_commit
+from consensus.assemble import assemble_block, make_commit
 from consensus.clock import get_phase2_start
 from consensus.genesis import COIN, make_devnet_params
+from consensus.rules import get_work_task_id
 from consensus.state import State
 from pouw.keys import KeyPair
 from pouw.types import (
@@ -90,7 +91,7 @@ def make_next_block(
     status = state.get_status()
     height = status.height + 1
     slot = status.min_slot if slot is None else slot
-    task_id = get_work_task_id(state, params, height, task_mode)
+    task_id = get_work_task_id(params, status.scheduled[0].task_id, task_mode)
     model_digest = hashlib.sha256(b"model/" + status.tip_hash + miner.public_key + salt).digest()
     commit = make_commit(miner, height, slot, task_id, model_digest)
     work = WorkProof(model_digest, 1234, (hashlib.sha256(model_digest).digest(),), ("http://127.0.0.1:1",), dice_ppm)

@@ -34,9 +34,6 @@ class ChainScore:
     """The tip's hash (lower wins a full tie)."""
 
 
-GENESIS_SCORE_HI = 0
-
-
 def compute_genesis_score(genesis_hash: bytes) -> ChainScore:
     """The score of the chain made of genesis alone."""
     return ChainScore(0, 0, 0, genesis_hash)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pouw.encoding import encode, hash_of, sha256
+from pouw.encoding import encode, sha256
 from pouw.types import (
     Block,
     BlockBody,
@@ -96,9 +96,9 @@ def compute_insert_queue(queue: tuple[QueueEntry, ...], entry: QueueEntry) -> tu
     return tuple(sorted(queue + (entry,), key=get_queue_order_key))
 
 
-def get_block_work_task_id(header: BlockHeader, params: ChainParams) -> bytes:
-    """The task the block's model was trained on: the selected one, or the standing task in fallback."""
-    return params.standing_task.task_id if header.task_mode == MODE_NO_TRAIN_KEY else header.task_id
+def get_work_task_id(params: ChainParams, selected_task_id: bytes, task_mode: int) -> bytes:
+    """The task a model is trained on (and its commit names): the standing task in MODE_NO_TRAIN_KEY, else the selected one."""
+    return params.standing_task.task_id if task_mode == MODE_NO_TRAIN_KEY else selected_task_id
 
 
 def is_high_accuracy(block: Block | BlockHeader, params: ChainParams) -> bool:

@@ -14,7 +14,7 @@ Key layout (every value is a canonical encoding):
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 from pouw.encoding import decode, encode
 from pouw.types import EMPTY_ACCOUNT, Account, ChainStatus, HistoryEntry, TaskRecord
@@ -127,12 +127,6 @@ class State:
     def set_history(self, entry: HistoryEntry) -> None:
         """Write a history entry."""
         self._put(history_key(entry.height), entry)
-
-
-def iter_items(mapping: Mapping[bytes, bytes]) -> Iterator[tuple[bytes, bytes]]:
-    """Items of a state mapping in key order (for comparing states byte for byte)."""
-    for key in sorted(mapping):
-        yield key, mapping[key]
 
 
 def apply_changes(mapping: dict[bytes, bytes], changes: Mapping[bytes, bytes | None]) -> None:

@@ -18,7 +18,6 @@ from pouw.types import (
     DICE_SCALE,
     KEY_TEST,
     KEY_TRAIN,
-    MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_NORMAL,
     TASK_MODES,
@@ -48,8 +47,8 @@ from consensus.rules import (
     compute_insert_queue,
     compute_unselected_root,
     compute_work_payload,
-    get_block_work_task_id,
     get_train_data_digest,
+    get_work_task_id,
 )
 from consensus.sigcheck import SERIAL, SignatureChecker
 from consensus.state import State
@@ -228,7 +227,7 @@ def validate_key_reveals(header: BlockHeader, body: BlockBody, task: TaskRecord 
 def validate_commit_and_work(header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams) -> None:
     """The commit binds the model to the miner for this height, slot and task; the work agrees with the header."""
     commit, work = body.commit, body.work
-    work_task = get_block_work_task_id(header, params)
+    work_task = get_work_task_id(params, header.task_id, header.task_mode)
     require(commit.height == header.height, "commit is for another height")
     require(commit.slot == header.slot, "commit is for another slot")
     require(commit.task_id == work_task, "commit is for another task")

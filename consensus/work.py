@@ -137,4 +137,4 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
         raise InvalidBlock(f"work: {exc.reason}") from None
 
 
-__all__ = ["WorkData", "get_blob_digests", "get_work_data", "load_task_split", "verify_block_work", "KEY_TEST"]
+__all__ = ["WorkData", "get_blob_digests", "get_work_data", "load_task_split", "verify_block_work"]

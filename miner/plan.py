@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consensus import rules
 from consensus.clock import get_phase2_start, get_slot_start
 from pouw.blobcrypt import is_key_for
 from pouw.encoding import decode
@@ -156,8 +157,8 @@ def compute_block_timestamp(params: ChainParams, slot: int, now: float) -> int:
 
 
 def get_work_task_id(params: ChainParams, selected_task_id: bytes, mode: int) -> bytes:
-    """The task the commit names: the standing task in mode 1, the selected one otherwise."""
-    return params.standing_task.task_id if mode == MODE_NO_TRAIN_KEY else selected_task_id
+    """The task the commit names: the standing task in mode 1, the selected one otherwise (the consensus rule)."""
+    return rules.get_work_task_id(params, selected_task_id, mode)
 
 
 def get_key_reveals(

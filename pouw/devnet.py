@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from consensus.genesis import COIN, make_devnet_params
-from fullnode.config import save_params
+from fullnode.config import ConfigError, read_node_file, save_params
 from pouw.keys import KeyPair
 from pouw.rpc import RpcClient, RpcError
 from pouw.types import Allocation, ChainParams
@@ -106,10 +106,10 @@ class Devnet:
             if proc.popen.poll() is not None:
                 raise DevnetError(f"{proc.name} exited at start; see {proc.log_path}:\n{_tail(proc.log_path)}")
             try:
-                info = json.loads((datadir / "node.json").read_text())
+                info = read_node_file(datadir)
                 if info.get("rpc_url") and info.get("p2p_addrs"):
                     return info
-            except (FileNotFoundError, ValueError):
+            except ConfigError:
                 pass
             time.sleep(0.2)
         raise DevnetError(f"{proc.name} did not start within {timeout:.0f} s; see {proc.log_path}")

@@ -247,19 +247,6 @@ def _from_tagged(options: tuple, value: Any, where: str) -> Any:
     raise DecodeError(f"{where}: unknown type tag {tag}")
 
 
-def check_fields(obj: Any) -> None:
-    """Raise ValueError if an instance's values do not fit its annotations.
-
-    Used by constructors of wire types so that a bad object cannot be built
-    and later fail to encode or be rejected on a peer.
-    """
-    data = encode(obj)
-    try:
-        decode(type(obj), data)
-    except DecodeError as exc:
-        raise ValueError(str(exc)) from exc
-
-
 __all__ = [
     "DecodeError",
     "Fixed",
@@ -271,7 +258,6 @@ __all__ = [
     "decode",
     "hash_of",
     "to_plain",
-    "check_fields",
     "UINT64_MAX",
     "DEFAULT_MAX_MESSAGE",
 ]

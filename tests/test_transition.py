@@ -13,7 +13,6 @@ from consensus.fixtures import (
     make_keypair,
     make_next_block,
     make_task,
-    make_task_keys,
     make_test_params,
     make_transfer,
 )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from fullnode.config import VERIFY_ALL, VERIFY_MODES
+
 DEFAULT_DATADIR = Path.home() / ".pouw"
 
 
@@ -49,7 +51,7 @@ def _load_params(network: str, params_file: Path | None, datadir: Path):
 @click.option("--rpc-port", default=8645, type=int, show_default=True, help="JSON-RPC port (0: any).")
 @click.option("--blob-port", default=0, type=int, help="Blob HTTP port (0: any).")
 @click.option("--bootstrap", multiple=True, help="Peer multiaddr to connect to (repeatable).")
-@click.option("--verify", type=click.Choice(["all", "high"]), default="all", show_default=True,
+@click.option("--verify", type=click.Choice(VERIFY_MODES), default=VERIFY_ALL, show_default=True,
               help="Recompute the Dice of every block, or only of high-accuracy blocks.")
 @click.option("--claim-wait", type=float, default=None, help="Seconds into Phase 2 before claims are verified.")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
