@@ -28,7 +28,7 @@ from pouw.seg.data import load_dataset, synthetic_dataset  # noqa: E402
 from pouw.seg.dice import evaluate  # noqa: E402
 from pouw.seg.spec import ModelSpec, TrainSpec  # noqa: E402
 from pouw.seg.train import init_model, make_loss, make_optimizer, train  # noqa: E402
-from pouw.seg.verify import compute_commit_binding, verify_work  # noqa: E402
+from pouw.seg.verify import verify_work  # noqa: E402
 from pouw.seg.weights import compute_model_digest, encode_model  # noqa: E402
 
 SEED = hashlib.sha256(b"bench").digest()
@@ -94,11 +94,10 @@ def bench_dice_verification(quick: bool, tmp: Path) -> dict:
     t0 = time.perf_counter()
     dice = evaluate(r.model_file, spec, test_ds)
     t_eval = time.perf_counter() - t0
-    key = b"\x01" * 32
     t0 = time.perf_counter()
     verify_work(model_spec=spec, train_spec=tspec, model_digest=r.model_digest, checkpoint_digests=r.checkpoint_digests,
                 claimed_dice_ppm=dice.dice_ppm, blob_store=store, test_dataset=test_ds, train_dataset=train_ds,
-                miner_pubkey=key, commit=compute_commit_binding(r.model_digest, key), spot_check_seed=SEED)
+                spot_check_seed=SEED)
     t_verify = time.perf_counter() - t0
     return {"test_images": len(test_ds), "dice_seconds": t_eval, "dice_ms_per_image": 1000 * t_eval / len(test_ds),
             "verify_work_seconds": t_verify, "dice_ppm": dice.dice_ppm}

@@ -54,8 +54,8 @@ def compute_commit_binding(model_digest: bytes, miner: bytes) -> bytes:
 
 
 def compute_training_seed(prev_hash: bytes, miner: bytes) -> bytes:
-    """The seed a miner's training must use: unknown before the parent block exists."""
-    return sha256(b"pouw/train-seed" + prev_hash + miner)
+    """The seed a miner's training must use: unknown before the parent block exists, bound to the miner."""
+    return sha256(b"pouw/train-seed/v1\x00" + prev_hash + miner)
 
 
 def compute_standing_seed(prev_hash: bytes, split: str) -> bytes:

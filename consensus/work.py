@@ -127,8 +127,6 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
             blob_store=blobs,
             test_dataset=data.score_set,
             train_dataset=data.train_set,
-            miner_pubkey=header.miner,
-            commit=body.commit.binding,
             spot_check_seed=compute_spot_check_seed(header.prev_hash, header.miner, test_key, body.work.model_digest),
             train_seed=compute_training_seed(header.prev_hash, header.miner),
             dice_tolerance_ppm=params.dice_tolerance_ppm,

@@ -10,7 +10,6 @@ from pouw.seg.data import synthetic_dataset
 from pouw.seg.spec import ModelSpec, TrainSpec
 
 SEED = bytes(range(32))
-MINER_KEY = b"\x07" * 32
 
 
 def small_spec(arch: str = "unet2d", patch=(32, 32), classes: int = 2, filters: int = 4) -> ModelSpec:

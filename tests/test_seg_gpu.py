@@ -11,7 +11,7 @@ from seg_fixtures import small_data, small_spec, small_train_spec
 from pouw.blobstore import BlobStore
 from pouw.seg.dice import evaluate
 from pouw.seg.train import train
-from pouw.seg.verify import compute_commit_binding, verify_work
+from pouw.seg.verify import verify_work
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,11 +28,9 @@ def test_cuda_mixed_precision_training_verifies_on_cpu(tmp_path):
     assert result.device.startswith("cuda") and result.epochs == 4
     store.put_bytes(result.model_file)
     dice = evaluate(result.model_file, spec, test_set).dice_ppm
-    miner = b"\x01" * 32
     report = verify_work(
         model_spec=spec, train_spec=tspec, model_digest=result.model_digest,
         checkpoint_digests=result.checkpoint_digests, claimed_dice_ppm=dice, blob_store=store,
-        test_dataset=test_set, train_dataset=train_set, miner_pubkey=miner,
-        commit=compute_commit_binding(result.model_digest, miner), spot_check_seed=b"\x09" * 32, train_seed=seed,
+        test_dataset=test_set, train_dataset=train_set, spot_check_seed=b"\x09" * 32, train_seed=seed,
     )
     assert report.epochs == 4

@@ -6,11 +6,11 @@ import torch
 from pouw.seg.dice import evaluate
 from pouw.seg.train import init_model
 from pouw.seg.verify import (
-    REPLAY_TOLERANCE, WorkInvalid, compute_commit_binding, compute_spot_check_epoch, spot_check, verify_work,
+    REPLAY_TOLERANCE, WorkInvalid, compute_spot_check_epoch, spot_check, verify_work,
 )
 from pouw.seg.weights import ZERO_DIGEST, Checkpoint, decode_checkpoint, decode_model, encode_checkpoint, encode_model
 
-from tests.seg_fixtures import MINER_KEY, run_small_training, small_train_spec
+from tests.seg_fixtures import run_small_training, small_train_spec
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,7 @@ def _kwargs(h, **over):
     r = h["r"]
     kw = dict(model_spec=h["spec"], train_spec=h["tspec"], model_digest=r.model_digest,
               checkpoint_digests=r.checkpoint_digests, claimed_dice_ppm=h["dice"].dice_ppm, blob_store=h["store"],
-              test_dataset=h["test_ds"], train_dataset=h["train_ds"], miner_pubkey=MINER_KEY,
-              commit=compute_commit_binding(r.model_digest, MINER_KEY), spot_check_seed=b"\x05" * 32,
+              test_dataset=h["test_ds"], train_dataset=h["train_ds"], spot_check_seed=b"\x05" * 32,
               train_seed=r.seed)
     kw.update(over)
     return kw
@@ -48,10 +47,6 @@ def test_spot_check_epoch_choice():
         compute_spot_check_epoch(b"x", 0)
 
 
-def test_commit_binding_formula():
-    assert compute_commit_binding(b"m" * 32, b"k" * 32) == hashlib.sha256(b"m" * 32 + b"k" * 32).digest()
-
-
 def test_honest_run_passes_every_epoch(honest):
     n = honest["r"].epochs
     for epoch in range(1, n + 1):
@@ -60,9 +55,7 @@ def test_honest_run_passes_every_epoch(honest):
         assert rep.dice.dice_ppm == honest["dice"].dice_ppm
 
 
-def test_wrong_commit_and_dice(honest):
-    with pytest.raises(WorkInvalid, match="commit"):
-        verify_work(**_kwargs(honest, miner_pubkey=b"\x09" * 32))
+def test_wrong_dice_and_seed(honest):
     with pytest.raises(WorkInvalid, match="claimed Dice"):
         verify_work(**_kwargs(honest, claimed_dice_ppm=min(1_000_000, honest["dice"].dice_ppm + 5000)))
     with pytest.raises(WorkInvalid, match="different seed"):
@@ -74,7 +67,7 @@ def test_model_not_last_checkpoint(honest):
     other = encode_model(init_model(h["spec"], b"\x04" * 32), h["spec"])
     d = h["store"].put_bytes(other)
     with pytest.raises(WorkInvalid, match="last checkpoint"):
-        verify_work(**_kwargs(h, model_digest=d, commit=compute_commit_binding(d, MINER_KEY)))
+        verify_work(**_kwargs(h, model_digest=d))
 
 
 def test_broken_sequence(honest):
@@ -115,7 +108,6 @@ def test_forged_interpolated_checkpoints_fail_spot_check(honest):
     for epoch in range(1, n + 1):
         with pytest.raises(WorkInvalid, match="spot check"):
             verify_work(**_kwargs(h, model_digest=md, checkpoint_digests=digests,
-                                  commit=compute_commit_binding(md, MINER_KEY),
                                   spot_check_seed=_seed_for_epoch(epoch, n)))
 
 
@@ -124,8 +116,7 @@ def test_forged_initial_weights_fail(honest):
     final = decode_model(h["r"].model_file, h["spec"])
     md, digests = _forge_chain(h, [final, final])  # "pre-trained" start
     with pytest.raises(WorkInvalid, match="initial weights"):
-        verify_work(**_kwargs(h, model_digest=md, checkpoint_digests=digests,
-                              commit=compute_commit_binding(md, MINER_KEY)))
+        verify_work(**_kwargs(h, model_digest=md, checkpoint_digests=digests))
 
 
 def test_tampered_epoch_detected_by_replay(honest):

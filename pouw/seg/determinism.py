@@ -2,7 +2,8 @@
 
 Everything random in training is derived from one 32-byte seed with a domain
 tag, so a verifier holding the seed reproduces initial weights and the batch
-order of any epoch.
+order of any epoch. The seed itself is a consensus value
+(`consensus.rules.compute_training_seed`) that callers pass in.
 """
 
 from __future__ import annotations
@@ -17,11 +18,6 @@ import torch
 SEED_SIZE = 32
 DETERMINISTIC_THREADS = 1
 """Thread count for evaluation and replays: fixes the order of float reductions."""
-
-
-def compute_training_seed(prev_block_hash: bytes, miner_pubkey: bytes) -> bytes:
-    """The miner's training seed: known only once the previous block is out, and bound to the miner."""
-    return hashlib.sha256(b"pouw/train-seed/v1\x00" + bytes(prev_block_hash) + bytes(miner_pubkey)).digest()
 
 
 def derive_seed(seed: bytes, label: str) -> bytes:

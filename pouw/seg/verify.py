@@ -2,16 +2,14 @@
 
 Checks, cheapest first; the first failure raises WorkInvalid(reason):
 
-1. commit binding: ``binding(model_digest, miner_pubkey) == commit``
-   (default ``sha256(model_digest || miner_pubkey)``);
-2. model blob present and hashing to ``model_digest``;
-3. checkpoint sequence: every blob hashes to its digest, checkpoint i has
+1. model blob present and hashing to ``model_digest``;
+2. checkpoint sequence: every blob hashes to its digest, checkpoint i has
    epoch i and links to checkpoint i-1's digest (epoch 0 to 32 zero bytes),
    all carry the task's specs, the same seed (the expected training seed when
    given) and training-data digest; checkpoint 0 holds exactly the initial
    weights the seed gives; the last checkpoint's model file is the model blob;
-4. Dice recomputed on the test set within the tolerance of the claim;
-5. Proof-of-Learning spot check: epoch e = compute_spot_check_epoch(seed, n)
+3. Dice recomputed on the test set within the tolerance of the claim;
+4. Proof-of-Learning spot check: epoch e = compute_spot_check_epoch(seed, n)
    is replayed from checkpoint e-1 on the verifier's copy of the training
    data and must land within REPLAY_TOLERANCE of checkpoint e (relative to
    the size of that epoch's own update).
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 
 from pouw.blobstore import BlobStore
@@ -50,11 +48,6 @@ class VerifyReport:
     spot_check_epoch: int
     replay_distance: float
     epochs: int
-
-
-def compute_commit_binding(model_digest: bytes, miner_pubkey: bytes) -> bytes:
-    """The Phase-1 commit payload: SHA-256(model_digest || miner_pubkey)."""
-    return hashlib.sha256(bytes(model_digest) + bytes(miner_pubkey)).digest()
 
 
 def compute_spot_check_epoch(seed: bytes, n_epochs: int) -> int:
@@ -147,18 +140,13 @@ def verify_work(
     blob_store: BlobStore,
     test_dataset: SegDataset,
     train_dataset: SegDataset,
-    miner_pubkey: bytes,
-    commit: bytes,
     spot_check_seed: bytes,
     train_seed: bytes | None = None,
-    binding: Callable[[bytes, bytes], bytes] = compute_commit_binding,
     dice_tolerance_ppm: int = DICE_TOLERANCE_PPM,
     replay_tolerance: float = REPLAY_TOLERANCE,
     device: str = "cpu",
 ) -> VerifyReport:
     """Verify a claim end to end; raises WorkInvalid, returns the measured figures."""
-    if binding(bytes(model_digest), bytes(miner_pubkey)) != bytes(commit):
-        raise WorkInvalid("the model was not committed by this miner (commit binding mismatch)")
     if not blob_store.has(model_digest):
         raise WorkInvalid(f"model blob {bytes(model_digest).hex()[:16]} is not available")
     model_file = blob_store.get_bytes(model_digest, max_size=MAX_CHECKPOINT_BYTES)
@@ -203,6 +191,6 @@ def spot_check(store: BlobStore, checkpoint_digests: Sequence[bytes], epoch: int
 
 __all__ = [
     "WorkInvalid", "VerifyReport", "verify_work", "check_checkpoint_chain", "spot_check",
-    "compute_commit_binding", "compute_spot_check_epoch", "compute_replay_distance", "REPLAY_TOLERANCE",
+    "compute_spot_check_epoch", "compute_replay_distance", "REPLAY_TOLERANCE",
 ]
 
