@@ -8,7 +8,7 @@ Run: python benchmarks/bench_sync.py [--quick] [--json]
    threshold and both nodes run `--verify high`, so this measures the chain
    machinery, not Dice recomputation; see bench_useful_work for that).
    Printed next to the rate at which the same blocks connect from disk in
-   the same run (ChainStore.submit_block without a network).
+   the same run (ChainState.process_new_block without a network).
 2. Propagation: 5 nodes in a line (each bootstraps from the previous one);
    a block submitted to the first is gossiped, validated and connected by
    all; the time until the last one has it.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_chain import MINERS, PARAMS, build_blocks  # noqa: E402
+from benchmarks.bench_chain import MINERS, PARAMS, build_blocks, unchecked_work  # noqa: E402
+from consensus.chainstate import ChainState  # noqa: E402
 from fullnode.config import VERIFY_HIGH, NodeConfig  # noqa: E402
 from fullnode.node import FullNode  # noqa: E402
-from pouw.store import ChainStore  # noqa: E402
 
 
 def start_node(root: Path, name: str, bootstrap: list[str]) -> FullNode:
@@ -48,18 +48,18 @@ def wait_for(predicate, timeout: float) -> float:
 
 def bench_sync(count: int, root: Path) -> dict:
     blocks, _ = build_blocks(count, 100, MINERS[0], 500_000)
-    with ChainStore(root / "local", PARAMS) as local:
+    with ChainState.open(root / "local", PARAMS) as local:
         t = time.perf_counter()
         for block in blocks:
-            local.submit_block(block)
+            local.process_new_block(block, time.time(), unchecked_work)
         local_rate = count / (time.perf_counter() - t)
     a = start_node(root, "a", [])
     try:
         for block in blocks:
-            a.store.submit_block(block)
+            a.core.process_block(block, time.time())
         b = start_node(root, "b", a.p2p_addrs())
         try:
-            seconds = wait_for(lambda: b.store.tip_height == count, 600)
+            seconds = wait_for(lambda: b.chain.tip_height == count, 600)
         finally:
             b.stop()
     finally:
@@ -77,8 +77,8 @@ def bench_propagation(repeats: int, root: Path) -> dict:
         times = []
         for block in blocks:
             t = time.perf_counter()
-            nodes[0].submit_block(block, None)
-            times.append(t + wait_for(lambda: all(n.store.tip_hash == block.hash for n in nodes), 60) - t)
+            nodes[0].take_block(block, None)
+            times.append(t + wait_for(lambda: all(n.chain.tip_hash == block.hash for n in nodes), 60) - t)
     finally:
         for node in reversed(nodes):
             node.stop()

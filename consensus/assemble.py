@@ -25,6 +25,7 @@ from consensus.rules import (
     compute_commit_binding,
     compute_unselected_root,
     compute_work_payload,
+    get_task_submission,
     get_train_data_digest,
 )
 from consensus.state import State
@@ -119,7 +120,6 @@ def assemble_block(
 ) -> Block:
     """A signed block on top of `state` carrying `work`; `state` itself is not changed."""
     template = make_block_template(state, params, tuple(transactions))
-    record = None if template.task_id == params.standing_task.task_id else state.get_task(template.task_id)
     return complete_block(
         template,
         params,
@@ -128,7 +128,7 @@ def assemble_block(
         timestamp=timestamp,
         commit=commit,
         work=work,
-        task=None if record is None else record.submission,
+        task=get_task_submission(state, params, template.task_id),
         key_reveals=key_reveals,
         task_mode=task_mode,
     )

@@ -68,3 +68,13 @@ def is_in_phase(params: ChainParams, slot: int, phase: int, t: float, skew: floa
 def is_block_timestamp_valid(params: ChainParams, slot: int, timestamp: int) -> bool:
     """Consensus rule: a block's timestamp lies in Phase 2 of its slot (skew tolerated)."""
     return is_in_phase(params, slot, PHASE_2, timestamp)
+
+
+def is_block_from_future(params: ChainParams, timestamp: int, now: float) -> bool:
+    """True when a block is stamped beyond the local clock plus the tolerated skew.
+
+    A block's timestamp lies in Phase 2 of its slot (consensus), so such a
+    block claims a slot whose Phase 2 has not begun here: no honest miner
+    made it yet. It is refused now, not marked invalid (it would be valid later).
+    """
+    return timestamp > now + params.clock_skew_seconds

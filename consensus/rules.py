@@ -1,16 +1,27 @@
-"""Pure calculations the consensus rules are made of: roots, bindings, seeds, task order."""
+"""The one home of the consensus rules' building blocks: roots, bindings, seeds, keys, task order and status.
+
+Everything else (the transition, the node, the miner, the pools) calls these;
+none of them is written twice.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from pouw.blobcrypt import is_key_for
 from pouw.encoding import encode, sha256
 from pouw.types import (
+    KEY_TRAIN,
+    MODE_NO_TRAIN_KEY,
+    BlobRef,
     Block,
     BlockBody,
     BlockHeader,
     ChainParams,
-    MODE_NO_TRAIN_KEY,
     ChainStatus,
+    HistoryEntry,
     QueueEntry,
+    TaskRecord,
     TaskSubmission,
 )
 
@@ -58,6 +69,18 @@ def compute_training_seed(prev_hash: bytes, miner: bytes) -> bytes:
     return sha256(b"pouw/train-seed/v1\x00" + prev_hash + miner)
 
 
+def get_task_blob(task: TaskSubmission, which: int) -> BlobRef:
+    """The blob a key of kind `which` (KEY_TRAIN or KEY_TEST) opens."""
+    return task.train_blob if which == KEY_TRAIN else task.test_blob
+
+
+def is_key_for_task(task: TaskSubmission, which: int, key: bytes | None) -> bool:
+    """True when `key` matches the commitment of the task's training (or test) blob."""
+    if key is None or len(key) != 32:
+        return False
+    return is_key_for(key, get_task_blob(task, which).key_commitment)
+
+
 def compute_standing_seed(prev_hash: bytes, split: str) -> bytes:
     """Seed of the standing task's synthetic `split` ("train" or "test") for the child of `prev_hash`."""
     if split not in ("train", "test"):
@@ -79,9 +102,14 @@ def compute_work_payload(model_digest: bytes, train_data_digest: bytes, task_id:
     return encode([model_digest, train_data_digest, task_id, dice_ppm])
 
 
+def is_standing_work(task: TaskSubmission | None, task_mode: int) -> bool:
+    """True when a block's model trains (and is scored) on the standing task's synthetic data: no task, or mode 1."""
+    return task is None or task_mode == MODE_NO_TRAIN_KEY
+
+
 def get_train_data_digest(prev_hash: bytes, task_mode: int, task: TaskSubmission | None) -> bytes:
     """The training data a block's work signature names: the task's training blob, or the standing seed."""
-    if task is None or task_mode == MODE_NO_TRAIN_KEY:
+    if is_standing_work(task, task_mode):
         return compute_standing_seed(prev_hash, "train")
     return task.train_blob.digest
 
@@ -96,6 +124,29 @@ def compute_insert_queue(queue: tuple[QueueEntry, ...], entry: QueueEntry) -> tu
     return tuple(sorted(queue + (entry,), key=get_queue_order_key))
 
 
+def is_standing_task(params: ChainParams, task_id: bytes) -> bool:
+    """True for the chain's standing task (it has no record, no keys and no escrow)."""
+    return task_id == params.standing_task.task_id
+
+
+def get_task_submission(state, params: ChainParams, task_id: bytes) -> TaskSubmission | None:
+    """The submission of a scheduled task from `state` (a consensus.state.State); None for the standing task or an unknown id."""
+    if is_standing_task(params, task_id):
+        return None
+    record = state.get_task(task_id)
+    return None if record is None else record.submission
+
+
+def get_scheduled_task_id(status: ChainStatus) -> bytes:
+    """The task the next height (tip + 1) is scheduled to train."""
+    return status.scheduled[0].task_id
+
+
+def get_commit_task_ids(status: ChainStatus, params: ChainParams) -> frozenset[bytes]:
+    """The tasks a Phase-1 commit for the next height may name: its scheduled task, or the standing task (mode 1)."""
+    return frozenset({get_scheduled_task_id(status), params.standing_task.task_id})
+
+
 def get_work_task_id(params: ChainParams, selected_task_id: bytes, task_mode: int) -> bytes:
     """The task a model is trained on (and its commit names): the standing task in MODE_NO_TRAIN_KEY, else the selected one."""
     return params.standing_task.task_id if task_mode == MODE_NO_TRAIN_KEY else selected_task_id
@@ -105,3 +156,47 @@ def is_high_accuracy(block: Block | BlockHeader, params: ChainParams) -> bool:
     """True when a block's verified Dice reaches the chain's high-accuracy threshold."""
     header = block.header if isinstance(block, Block) else block
     return header.height > 0 and header.dice_ppm >= params.high_accuracy_ppm
+
+
+# --- task status: one vocabulary for RPC, listings and the explorer ---------------
+
+TASK_PENDING = "pending"
+"""Submitted to a mempool, not yet in a block."""
+TASK_WAITING = "waiting"
+"""In the chain's queue of unselected tasks."""
+TASK_SCHEDULED = "scheduled"
+"""Selected for a height that has not been mined yet."""
+TASK_MINED = "mined"
+"""Its height was mined with its data (mode 0 or 2); the escrow went to the winner."""
+TASK_REFUNDED = "refunded"
+"""Its height fell back to the standing task (mode 1); the escrow went back to the publisher."""
+TASK_UNKNOWN = "unknown"
+"""Neither the chain nor the mempool knows it."""
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """Where a published task stands in the chain state."""
+
+    status: str
+    """TASK_WAITING, TASK_SCHEDULED, TASK_MINED, TASK_REFUNDED or TASK_UNKNOWN."""
+    height: int
+    """The height it is (or was) scheduled for; 0 while waiting or unknown."""
+    record: TaskRecord | None
+    """Its chain record, if the chain knows it."""
+    history: HistoryEntry | None
+    """What the block of its height did with it, once mined."""
+
+
+def get_task_status(state, task_id: bytes) -> TaskStatus:
+    """The status of a published task in `state` (a consensus.state.State)."""
+    record = state.get_task(task_id)
+    if record is None:
+        return TaskStatus(TASK_UNKNOWN, 0, None, None)
+    if record.selected_height == 0:
+        return TaskStatus(TASK_WAITING, 0, record, None)
+    entry = state.get_history(record.selected_height)
+    if entry is None or entry.task_id != task_id:
+        return TaskStatus(TASK_SCHEDULED, record.selected_height, record, None)
+    done = TASK_REFUNDED if entry.task_mode == MODE_NO_TRAIN_KEY else TASK_MINED
+    return TaskStatus(done, record.selected_height, record, entry)

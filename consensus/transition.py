@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pouw.blobcrypt import is_key_for
 from pouw.encoding import UINT64_MAX, encode
 from pouw.types import (
     DICE_SCALE,
@@ -47,8 +46,11 @@ from consensus.rules import (
     compute_insert_queue,
     compute_unselected_root,
     compute_work_payload,
+    get_scheduled_task_id,
     get_train_data_digest,
     get_work_task_id,
+    is_key_for_task,
+    is_standing_task,
 )
 from consensus.sigcheck import SERIAL, SignatureChecker
 from consensus.state import State
@@ -126,19 +128,31 @@ def apply_genesis(state: State, params: ChainParams) -> Block:
 # --- blocks --------------------------------------------------------------------
 
 
+def check_block(block: Block, params: ChainParams) -> None:
+    """The rules a block must keep whatever its parent: header, body shape, commit; raises InvalidBlock.
+
+    Cheap (one hash of the body, two signatures) and needing no state, these
+    run first on every block a node is handed, before any lookup or download.
+    """
+    header, body = block.header, block.body
+    check_header(header, params)
+    check_body_shape(header, body, params)
+    check_commit(header, body)
+
+
 def apply_block(state: State, block: Block, params: ChainParams, sigcheck: SignatureChecker = SERIAL) -> None:
     """Check `block` against the state it extends and apply it; raises InvalidBlock.
 
     `sigcheck` verifies the transactions' signatures up front (in parallel
     when it has threads); the rules are the same either way.
     """
+    check_block(block, params)
     status = state.get_status()
     header, body = block.header, block.body
-    validate_header_context(status, header, params)
-    validate_body_shape(header, body, params)
+    validate_header_context(status, header)
     task = validate_selected_task(state, status, header, params)
     validate_key_reveals(header, body, task)
-    validate_commit_and_work(header, body, task, params)
+    validate_work_task(header, body, task, params)
 
     bad = sigcheck.find_invalid(body.transactions)
     require(bad is None, f"transaction {bad}: bad signature")
@@ -170,22 +184,20 @@ def apply_block(state: State, block: Block, params: ChainParams, sigcheck: Signa
     )
 
 
-def validate_header_context(status: ChainStatus, header: BlockHeader, params: ChainParams) -> None:
-    """Height, parent, slot, timestamp and the miner's header signature."""
-    require(header.height == status.height + 1, f"height {header.height} does not follow tip height {status.height}")
-    require(header.prev_hash == status.tip_hash, "prev_hash is not the tip of the state")
-    require(header.slot >= status.min_slot, f"slot {header.slot} is not after the parent's slot")
+def check_header(header: BlockHeader, params: ChainParams) -> None:
+    """Mode, Dice range, timestamp inside Phase 2 of the slot, and the miner's header signature."""
+    require(header.height > 0, "height 0 is genesis")
+    require(header.task_mode in TASK_MODES, f"unknown task mode {header.task_mode}")
+    require(header.dice_ppm <= DICE_SCALE, f"dice {header.dice_ppm} ppm exceeds {DICE_SCALE}")
     require(
         is_block_timestamp_valid(params, header.slot, header.timestamp),
         f"timestamp {header.timestamp} is not in Phase 2 of slot {header.slot}",
     )
-    require(header.task_mode in TASK_MODES, f"unknown task mode {header.task_mode}")
-    require(header.dice_ppm <= DICE_SCALE, f"dice {header.dice_ppm} ppm exceeds {DICE_SCALE}")
     require(header.is_signature_valid(), "bad header signature")
 
 
-def validate_body_shape(header: BlockHeader, body: BlockBody, params: ChainParams) -> None:
-    """Size, transaction count and body root."""
+def check_body_shape(header: BlockHeader, body: BlockBody, params: ChainParams) -> None:
+    """Size, transaction count, body root, and a commit and work present."""
     size = len(encode(body))
     require(header.size == size, f"header size {header.size} does not match body size {size}")
     require(size <= params.max_block_size, f"body of {size} bytes exceeds {params.max_block_size}")
@@ -197,12 +209,31 @@ def validate_body_shape(header: BlockHeader, body: BlockBody, params: ChainParam
     require(body.commit is not None and body.work is not None, "block carries no commit or work")
 
 
+def check_commit(header: BlockHeader, body: BlockBody) -> None:
+    """The commit binds the work's model to the header's miner, height and slot; the work agrees with the header."""
+    commit, work = body.commit, body.work
+    require(commit.height == header.height, "commit is for another height")
+    require(commit.slot == header.slot, "commit is for another slot")
+    require(commit.miner == header.miner, "commit was made by another miner")
+    require(commit.binding == compute_commit_binding(work.model_digest, header.miner), "model does not match the commit binding")
+    require(commit.is_signature_valid(), "bad commit signature")
+    require(work.dice_ppm == header.dice_ppm, "work and header claim different Dice")
+    require(len(work.checkpoint_digests) >= 1, "work has no checkpoints")
+
+
+def validate_header_context(status: ChainStatus, header: BlockHeader) -> None:
+    """Height, parent and slot follow the state's tip."""
+    require(header.height == status.height + 1, f"height {header.height} does not follow tip height {status.height}")
+    require(header.prev_hash == status.tip_hash, "prev_hash is not the tip of the state")
+    require(header.slot >= status.min_slot, f"slot {header.slot} is not after the parent's slot")
+
+
 def validate_selected_task(state: State, status: ChainStatus, header: BlockHeader, params: ChainParams) -> TaskRecord | None:
     """The header names the task scheduled for its height; returns its record (None for the standing task)."""
     scheduled = status.scheduled[0]
     require(scheduled.height == header.height, "state has no task scheduled for this height")
-    require(header.task_id == scheduled.task_id, "task_id is not the task selected for this height")
-    if header.task_id == params.standing_task.task_id:
+    require(header.task_id == get_scheduled_task_id(status), "task_id is not the task selected for this height")
+    if is_standing_task(params, header.task_id):
         require(header.task_mode == MODE_NORMAL, "the standing task has no keys to miss")
         return None
     record = state.get_task(header.task_id)
@@ -217,28 +248,18 @@ def validate_key_reveals(header: BlockHeader, body: BlockBody, task: TaskRecord 
         return
     wanted = [KEY_TRAIN, KEY_TEST] if header.task_mode == MODE_NORMAL else [KEY_TRAIN]
     require([r.which for r in body.key_reveals] == wanted, f"key reveals must be exactly {wanted} in order")
-    sub = task.submission
     for reveal in body.key_reveals:
         require(reveal.task_id == header.task_id, "key reveal names another task")
-        blob = sub.train_blob if reveal.which == KEY_TRAIN else sub.test_blob
-        require(is_key_for(reveal.key, blob.key_commitment), "revealed key does not match its commitment")
+        require(is_key_for_task(task.submission, reveal.which, reveal.key), "revealed key does not match its commitment")
 
 
-def validate_commit_and_work(header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams) -> None:
-    """The commit binds the model to the miner for this height, slot and task; the work agrees with the header."""
-    commit, work = body.commit, body.work
+def validate_work_task(header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams) -> None:
+    """The commit names the task the block's mode trains; the work signature covers model, data, task and Dice."""
     work_task = get_work_task_id(params, header.task_id, header.task_mode)
-    require(commit.height == header.height, "commit is for another height")
-    require(commit.slot == header.slot, "commit is for another slot")
-    require(commit.task_id == work_task, "commit is for another task")
-    require(commit.miner == header.miner, "commit was made by another miner")
-    require(commit.binding == compute_commit_binding(work.model_digest, header.miner), "model does not match the commit binding")
-    require(commit.is_signature_valid(), "bad commit signature")
-    require(work.dice_ppm == header.dice_ppm, "work and header claim different Dice")
-    require(len(work.checkpoint_digests) >= 1, "work has no checkpoints")
+    require(body.commit.task_id == work_task, "commit is for another task")
     submission = None if task is None else task.submission
     train_digest = get_train_data_digest(header.prev_hash, header.task_mode, submission)
-    payload = compute_work_payload(work.model_digest, train_digest, header.task_id, header.dice_ppm)
+    payload = compute_work_payload(body.work.model_digest, train_digest, header.task_id, header.dice_ppm)
     require(is_valid_signature(header.miner, b"work", payload, header.work_signature), "bad work signature")
 
 

@@ -24,12 +24,18 @@ from pouw.types import (
     KEY_TEST,
     KEY_TRAIN,
     MODE_NO_TEST_KEY,
-    MODE_NO_TRAIN_KEY,
     Block,
     ChainParams,
     TaskSubmission,
 )
-from consensus.rules import compute_spot_check_seed, compute_standing_seed, compute_training_seed
+from consensus.rules import (
+    compute_spot_check_seed,
+    compute_standing_seed,
+    compute_training_seed,
+    get_task_submission,
+    is_standing_task,
+    is_standing_work,
+)
 from consensus.state import State
 from consensus.transition import InvalidBlock
 
@@ -51,7 +57,7 @@ class WorkData:
 def get_blob_digests(task: TaskSubmission | None, mode: int, block: Block | None = None) -> list[bytes]:
     """Blobs a node must hold to verify a block: the task's dataset blobs, then the work's model and checkpoints."""
     digests: list[bytes] = []
-    if task is not None and mode != MODE_NO_TRAIN_KEY:
+    if not is_standing_work(task, mode):
         digests.append(task.train_blob.digest)
         if mode != MODE_NO_TEST_KEY:
             digests.append(task.test_blob.digest)
@@ -89,7 +95,7 @@ def get_work_data(
     workdir: Path,
 ) -> WorkData:
     """The datasets of the work on `task` (None: the standing task) for the child of `prev_hash`."""
-    if task is None or mode == MODE_NO_TRAIN_KEY:
+    if is_standing_work(task, mode):
         standing = params.standing_task
         train_set = synthetic_dataset(compute_standing_seed(prev_hash, "train"), standing.train_count, standing.model)
         test_set = synthetic_dataset(compute_standing_seed(prev_hash, "test"), standing.test_count, standing.model)
@@ -110,10 +116,9 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
     header, body = block.header, block.body
     if body.work is None or body.commit is None:
         raise InvalidBlock("block carries no work")
-    record = None if header.task_id == params.standing_task.task_id else state.get_task(header.task_id)
-    if header.task_id != params.standing_task.task_id and record is None:
+    task = get_task_submission(state, params, header.task_id)
+    if task is None and not is_standing_task(params, header.task_id):
         raise InvalidBlock("selected task is unknown to the state")
-    task = None if record is None else record.submission
     keys = {r.which: r.key for r in body.key_reveals}
     data = get_work_data(task, params, header.prev_hash, header.task_mode, keys, blobs, workdir)
     test_key = keys.get(KEY_TEST, b"")

@@ -14,6 +14,8 @@ MAX_SYNC_BLOCKS = 64
 """Most blocks one sync response carries."""
 MAX_SYNC_RESPONSE = 24 * 1024 * 1024
 """Largest sync response, in bytes."""
+MAX_LOCATOR = 64
+"""Most hashes in a block locator."""
 
 GOSSIP_NAMES = ("tx", "commit", "claim", "key", "block")
 
@@ -45,8 +47,8 @@ class StatusMessage:
 class BlocksRequest:
     """Ask for best-chain blocks after the first locator hash the peer knows."""
 
-    locator: Annotated[tuple[Hash32, ...], MaxLen(64)]
-    """Our best chain's hashes, newest first, at exponentially spaced heights, ending with genesis."""
+    locator: Annotated[tuple[Hash32, ...], MaxLen(MAX_LOCATOR)]
+    """Our best chain's hashes, newest first: tip, tip−1, tip−3, tip−7, … (steps doubling), ending with genesis."""
     max_blocks: int
     """Most blocks wanted."""
 

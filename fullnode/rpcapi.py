@@ -1,30 +1,63 @@
-"""The node's RPC methods (docs/rpc.md): thin views over the node, never new rules."""
+"""The node's RPC methods (docs/rpc.md): thin adapters over the node core, never new rules.
+
+Methods are grouped by job: chain views, wallet, tasks and blobs, mining.
+Writes (`sendtx`, `submitcommit`, `submitclaim`) go through the same core
+calls as gossip, and are announced to peers when the core accepts them.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from consensus.clock import get_phase_point
+from consensus.clock import PHASE_1, get_phase2_start, get_phase_point, get_slot_start
 from consensus.forkchoice import compute_confirmations
-from consensus.transition import InvalidBlock
-from mempool.errors import MempoolReject
+from consensus.rules import TASK_PENDING, get_scheduled_task_id, get_task_status, is_standing_task
+from mempool.taskpool import compute_task_listing
 from mempool.txpool import decode_transaction
-from pouw.blobstore import BlobError
+from pouw.blobstore import BlobError, BlobStore
 from pouw.encoding import DecodeError, decode, encode
 from pouw.rpc import RpcError
-from pouw.types import KEY_TEST, KEY_TRAIN, MODE_NO_TRAIN_KEY, Block, Claim, Commit, TaskSubmission, Transfer, get_tx_id
+from pouw.types import KEY_TEST, KEY_TRAIN, Block, Claim, Commit, Transfer, get_tx_id
 
-if TYPE_CHECKING:
-    from fullnode.node import FullNode
+from fullnode.core import NodeCore, Verdict
 
 REJECTED = -1
 NOT_FOUND = -2
 BAD_PARAMS = -32602
 
+MAX_RPC_TX = 1 << 20
+"""Largest transaction `sendtx` decodes."""
+LISTED_HISTORY = 200
+"""`listtasks` shows tasks finished in this many most recent blocks."""
 
-def _hex(value: Any, name: str, length: int | None = None) -> bytes:
+
+@dataclass
+class RpcContext:
+    """What the RPC methods may use: the core, the blob store and a few facts and acts of the running node."""
+
+    core: NodeCore
+    """The node core."""
+    blobs: BlobStore
+    """The node's blob store."""
+    datadir: Path
+    """The node's data directory."""
+    blob_url: Callable[[], str | None]
+    """Where the node serves blobs over HTTP."""
+    p2p_addrs: Callable[[], list[str]]
+    """The node's libp2p addresses."""
+    peer_count: Callable[[], int]
+    """How many peers are connected."""
+    announce: Callable[[str, bytes], None]
+    """Gossip a message on a topic (tx, commit, claim)."""
+    claim_taken: Callable[[float], None]
+    """Tell the node a claim was admitted (it may start verification)."""
+
+
+def parse_hex(value: Any, name: str, length: int | None = None) -> bytes:
+    """A hex parameter as bytes; -32602 when it is not hex of the right length."""
     try:
         raw = bytes.fromhex(value)
     except (TypeError, ValueError):
@@ -32,6 +65,23 @@ def _hex(value: Any, name: str, length: int | None = None) -> bytes:
     if length is not None and len(raw) != length:
         raise RpcError(f"{name} must be {length} bytes", BAD_PARAMS)
     return raw
+
+
+def decode_param(cls: type, value: Any, name: str, max_size: int):
+    """A hex-encoded protocol object; -1 when it does not decode."""
+    try:
+        return decode(cls, parse_hex(value, name), max_size=max_size)
+    except DecodeError as exc:
+        raise RpcError(f"malformed {cls.__name__.lower()}: {exc}", REJECTED) from None
+
+
+def raise_unless_accepted(verdict: Verdict, what: str) -> None:
+    """A refused message becomes RPC error -1 with the core's reason."""
+    if not verdict.accepted:
+        raise RpcError(f"{what} rejected: {verdict.message or verdict.code}", REJECTED)
+
+
+# --- JSON views ---------------------------------------------------------------------
 
 
 def tx_to_json(tx) -> dict:
@@ -42,70 +92,106 @@ def tx_to_json(tx) -> dict:
     return {**base, "type": "task", "publisher": tx.publisher.hex(), "reward": tx.reward, "title": tx.title, "task_id": tx.task_id.hex()}
 
 
-def block_to_json(node: "FullNode", block: Block) -> dict:
+def block_to_json(core: NodeCore, block: Block) -> dict:
     """A block as a person (or script) reads it."""
     h = block.header
-    on_best = node.store.get_hash_at(h.height) == block.hash
+    chain = core.chain
+    on_best = chain.get_hash_at(h.height) == block.hash
     work = block.body.work
     return {
         "height": h.height,
         "hash": block.hash.hex(),
         "best_chain": on_best,
-        "confirmations": compute_confirmations(node.store.get_headers_after(block.hash), node.params) if on_best else 0,
+        "confirmations": compute_confirmations(chain.get_headers_after(block.hash), core.params) if on_best else 0,
         "header": {
-            "slot": h.slot,
-            "prev_hash": h.prev_hash.hex(),
-            "timestamp": h.timestamp,
-            "size": h.size,
-            "task_id": h.task_id.hex(),
-            "task_mode": h.task_mode,
-            "miner": h.miner.hex(),
-            "dice_ppm": h.dice_ppm,
-            "body_root": h.body_root.hex(),
-            "unselected_root": h.unselected_root.hex(),
+            "slot": h.slot, "prev_hash": h.prev_hash.hex(), "timestamp": h.timestamp, "size": h.size,
+            "task_id": h.task_id.hex(), "task_mode": h.task_mode, "miner": h.miner.hex(), "dice_ppm": h.dice_ppm,
+            "body_root": h.body_root.hex(), "unselected_root": h.unselected_root.hex(),
         },
-        "work": None
-        if work is None
-        else {
-            "model_digest": work.model_digest.hex(),
-            "model_size": work.model_size,
-            "checkpoints": len(work.checkpoint_digests),
-            "links": list(work.links),
+        "work": None if work is None else {
+            "model_digest": work.model_digest.hex(), "model_size": work.model_size,
+            "checkpoints": len(work.checkpoint_digests), "links": list(work.links),
         },
         "transactions": [tx_to_json(tx) for tx in block.body.transactions],
         "hex": encode(block).hex(),
     }
 
 
-def make_handlers(node: "FullNode") -> dict[str, Callable[..., Any]]:
-    """The RPC method table of `node`."""
-    params = node.params
+def task_to_json(core: NodeCore, task_id: bytes) -> dict | None:
+    """A published task with its status (one vocabulary: consensus.rules.TASK_*), or None if unknown."""
+    status = get_task_status(core.chain.state(), task_id)
+    if status.record is None:
+        pending = core.get_task(task_id)
+        if pending is None:
+            return None
+        return {"task_id": task_id.hex(), "title": pending.title, "reward": pending.reward, "publisher": pending.publisher.hex(),
+                "status": TASK_PENDING, "height": None, "submission_hex": encode(pending).hex(), "result": None}
+    sub = status.record.submission
+    result = None
+    if status.history is not None:
+        entry = status.history
+        work = core.chain.get_block(entry.block_hash).body.work
+        result = {
+            "height": entry.height, "block_hash": entry.block_hash.hex(), "winner": entry.winner.hex(),
+            "dice_ppm": entry.dice_ppm, "model_digest": entry.model_digest.hex(),
+            "checkpoint_digests": [d.hex() for d in work.checkpoint_digests], "links": list(work.links),
+            "mode": entry.task_mode, "paid": entry.paid,
+        }
+    return {"task_id": task_id.hex(), "title": sub.title, "reward": sub.reward, "publisher": sub.publisher.hex(),
+            "status": status.status, "height": status.height or None, "submission_hex": encode(sub).hex(), "result": result}
+
+
+def compute_mining_info(core: NodeCore, now: float, blob_url: str | None) -> dict:
+    """What a miner needs to mine the next block (docs/rpc.md)."""
+    params = core.params
+    with core.lock:
+        status = core.chain.state().get_status()
+        task_id = get_scheduled_task_id(status)
+        train_key = core.keys.get(task_id, KEY_TRAIN)
+        test_key = core.keys.get(task_id, KEY_TEST)
+    point = get_phase_point(params, now)
+    slot = max(point.slot, status.min_slot)
+
+    def task_info(tid: bytes) -> dict:
+        standing = is_standing_task(params, tid)
+        task = None if standing else core.get_task(tid)
+        return {"task_id": tid.hex(), "standing": standing, "task_hex": None if task is None else encode(task).hex()}
+
+    return {
+        "height": status.height + 1,
+        "prev_hash": status.tip_hash.hex(),
+        "slot": slot,
+        "phase": point.phase if slot == point.slot else PHASE_1,
+        "phase_start": point.phase_start if slot == point.slot else float(get_slot_start(params, slot)),
+        "phase_end": point.phase_end if slot == point.slot else float(get_phase2_start(params, slot)),
+        "slot_start": float(get_slot_start(params, slot)),
+        "slot_phase2_start": float(get_phase2_start(params, slot)),
+        **task_info(task_id),
+        "train_key": None if train_key is None else train_key.hex(),
+        "test_key": None if test_key is None else test_key.hex(),
+        "next": {"height": status.height + 2, **task_info(status.scheduled[1].task_id)},
+        "blob_url": blob_url,
+    }
+
+
+# --- the methods, by job ------------------------------------------------------------------
+
+
+def chain_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
+    """getinfo, getparams, getblock."""
+    core, params = ctx.core, ctx.core.params
 
     def getinfo() -> dict:
         point = get_phase_point(params, time.time())
-        status = node.store.state().get_status()
-        try:
-            peers = len(node.p2p_thread.call_sync(node.p2p.connected_peers)) if node.p2p_thread else 0
-        except Exception:
-            peers = 0
-        with node.lock:
-            mempool_size = len(node.txpool)
+        status = core.chain.state().get_status()
+        with core.lock:
+            mempool_size = len(core.txpool)
         return {
-            "network": params.name,
-            "chain_id": params.chain_id.hex(),
-            "height": status.height,
-            "tip": status.tip_hash.hex(),
-            "slot": point.slot,
-            "phase": point.phase,
-            "phase_end": point.phase_end,
-            "peers": peers,
-            "p2p_addrs": node.p2p_addrs(),
-            "blob_url": node.blob_server.url if node.blob_server else None,
-            "supply": status.supply,
-            "state_checksum": node.store.get_meta().state_checksum.hex(),
-            "unselected_tasks": len(status.unselected),
-            "mempool_size": mempool_size,
-            "datadir": str(node.datadir),
+            "network": params.name, "chain_id": params.chain_id.hex(), "height": status.height,
+            "tip": status.tip_hash.hex(), "slot": point.slot, "phase": point.phase, "phase_end": point.phase_end,
+            "peers": ctx.peer_count(), "p2p_addrs": ctx.p2p_addrs(), "blob_url": ctx.blob_url(),
+            "supply": status.supply, "state_checksum": core.chain.get_meta().state_checksum.hex(),
+            "unselected_tasks": len(status.unselected), "mempool_size": mempool_size, "datadir": str(ctx.datadir),
         }
 
     def getparams() -> dict:
@@ -113,171 +199,124 @@ def make_handlers(node: "FullNode") -> dict[str, Callable[..., Any]]:
 
     def getblock(ref) -> dict:
         if isinstance(ref, int) and not isinstance(ref, bool):
-            block = node.store.get_block_at(ref)
+            block = core.chain.get_block_at(ref)
         elif isinstance(ref, str) and ref.isdigit():
-            block = node.store.get_block_at(int(ref))
+            block = core.chain.get_block_at(int(ref))
         else:
-            block = node.store.get_block(_hex(ref, "ref", 32))
+            block = core.chain.get_block(parse_hex(ref, "ref", 32))
         if block is None:
             raise RpcError(f"no block {ref}", NOT_FOUND)
-        return block_to_json(node, block)
+        return block_to_json(core, block)
+
+    return {"getinfo": getinfo, "getparams": getparams, "getblock": getblock}
+
+
+def wallet_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
+    """getbalance, sendtx."""
+    core = ctx.core
 
     def getbalance(address: str) -> dict:
-        raw = _hex(address, "address", 32)
-        account = node.store.state().get_account(raw)
-        with node.lock:
-            pending = node.txpool.get_pending_nonce(raw, node.store.state())
+        raw = parse_hex(address, "address", 32)
+        with core.lock:
+            state = core.chain.state()
+            account = state.get_account(raw)
+            pending = core.txpool.get_pending_nonce(raw, state)
         return {"address": address, "balance": account.balance, "nonce": account.nonce, "pending_nonce": pending}
 
     def sendtx(hex: str) -> dict:
         try:
-            tx = decode_transaction(_hex(hex, "hex"), 1 << 20)
+            tx = decode_transaction(parse_hex(hex, "hex"), MAX_RPC_TX)
         except DecodeError as exc:
             raise RpcError(f"malformed transaction: {exc}", REJECTED) from None
-        with node.lock:
-            try:
-                tx_id = node.txpool.add(tx, node.store.state())
-            except MempoolReject as exc:
-                raise RpcError(f"transaction rejected: {exc}", REJECTED) from None
-        node.publish("tx", encode(tx))
-        return {"txid": tx_id.hex()}
+        raise_unless_accepted(core.submit_transaction(tx, time.time()), "transaction")
+        ctx.announce("tx", encode(tx))
+        return {"txid": get_tx_id(tx).hex()}
 
-    def _task_status(task_id: bytes) -> tuple[str, int | None, TaskSubmission | None, dict | None]:
-        state = node.store.state()
-        record = state.get_task(task_id)
-        if record is None:
-            with node.lock:
-                pending = node.txpool.tasks.get(task_id)
-            return ("pending", None, pending, None) if pending is not None else ("unknown", None, None, None)
-        if record.selected_height == 0:
-            return "waiting", None, record.submission, None
-        entry = state.get_history(record.selected_height)
-        if entry is None or entry.task_id != task_id:
-            return "scheduled", record.selected_height, record.submission, None
-        block = node.store.get_block(entry.block_hash)
-        work = block.body.work
-        result = {
-            "height": entry.height,
-            "block_hash": entry.block_hash.hex(),
-            "winner": entry.winner.hex(),
-            "dice_ppm": entry.dice_ppm,
-            "model_digest": entry.model_digest.hex(),
-            "checkpoint_digests": [d.hex() for d in work.checkpoint_digests],
-            "links": list(work.links),
-            "mode": entry.task_mode,
-            "paid": entry.paid,
-        }
-        return ("refunded" if entry.task_mode == MODE_NO_TRAIN_KEY else "mined"), entry.height, record.submission, result
+    return {"getbalance": getbalance, "sendtx": sendtx}
+
+
+def task_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
+    """listtasks, gettask, importblob, addtaskkeys."""
+    core = ctx.core
 
     def listtasks() -> dict:
-        state = node.store.state()
-        ids = [q.task_id for q in state.get_status().unselected]
-        ids += [s.task_id for s in state.get_status().scheduled if s.task_id != params.standing_task.task_id]
-        with node.lock:
-            ids += [t.task_id for t in node.txpool.tasks.ranked()]
-        for height in range(max(1, node.store.tip_height - 200), node.store.tip_height + 1):
-            entry = state.get_history(height)
-            if entry is not None and entry.task_id != params.standing_task.task_id:
-                ids.append(entry.task_id)
+        """Coming heights (the standing task too), the queue and the mempool in selection order, then recent results."""
+        keys = ("task_id", "title", "reward", "publisher", "status", "height")
+        with core.lock:
+            rows = compute_task_listing(core.chain.state(), core.txpool.tasks, core.params)
         out, seen = [], set()
-        for task_id in ids:
-            if task_id in seen:
+        for row in rows:
+            if is_standing_task(core.params, row.task_id):
+                out.append({"task_id": row.task_id.hex(), "title": row.title, "reward": 0, "publisher": "",
+                            "status": row.status, "height": row.height})
                 continue
-            seen.add(task_id)
-            status, height, sub, _ = _task_status(task_id)
-            if sub is not None:
-                out.append({"task_id": task_id.hex(), "title": sub.title, "reward": sub.reward, "publisher": sub.publisher.hex(), "status": status, "height": height})
+            seen.add(row.task_id)
+            view = task_to_json(core, row.task_id)
+            if view is not None:
+                out.append({k: view[k] for k in keys})
+        state, tip = core.chain.state(), core.chain.tip_height
+        for height in range(tip, max(0, tip - LISTED_HISTORY), -1):
+            entry = state.get_history(height)
+            if entry is None or is_standing_task(core.params, entry.task_id) or entry.task_id in seen:
+                continue
+            seen.add(entry.task_id)
+            out.append({k: task_to_json(core, entry.task_id)[k] for k in keys})
         return {"tasks": out}
 
     def gettask(task_id: str) -> dict:
-        raw = _hex(task_id, "task_id", 32)
-        status, height, sub, result = _task_status(raw)
-        if sub is None:
+        view = task_to_json(core, parse_hex(task_id, "task_id", 32))
+        if view is None:
             raise RpcError(f"no task {task_id}", NOT_FOUND)
-        return {
-            "task_id": task_id,
-            "title": sub.title,
-            "reward": sub.reward,
-            "status": status,
-            "height": height,
-            "submission_hex": encode(sub).hex(),
-            "result": result,
-        }
+        return view
 
     def importblob(path: str) -> dict:
         try:
-            digest = node.blobs.put_file(Path(path))
+            digest = ctx.blobs.put_file(Path(path))
         except (BlobError, OSError) as exc:
             raise RpcError(f"cannot import {path}: {exc}", REJECTED) from None
-        return {"digest": digest.hex(), "size": node.blobs.size(digest), "link": f"{node.blob_server.url}/blob/{digest.hex()}"}
+        return {"digest": digest.hex(), "size": ctx.blobs.size(digest), "link": f"{ctx.blob_url()}/blob/{digest.hex()}"}
 
     def addtaskkeys(task_id: str, train_key: str, test_key: str) -> dict:
-        raw = _hex(task_id, "task_id", 32)
-        keys = {KEY_TRAIN: _hex(train_key, "train_key", 32), KEY_TEST: _hex(test_key, "test_key", 32)}
-        task = node.get_task(raw)
-        if task is None:
-            raise RpcError("the node knows no such task (send the submission first)", NOT_FOUND)
-        from pouw.blobcrypt import is_key_for
-
-        if not is_key_for(keys[KEY_TRAIN], task.train_blob.key_commitment) or not is_key_for(keys[KEY_TEST], task.test_blob.key_commitment):
-            raise RpcError("the keys do not match the task's key commitments", REJECTED)
-        node.add_publisher_keys(raw, keys[KEY_TRAIN], keys[KEY_TEST])
+        raw = parse_hex(task_id, "task_id", 32)
+        try:
+            core.add_publisher_keys(raw, parse_hex(train_key, "train_key", 32), parse_hex(test_key, "test_key", 32))
+        except LookupError as exc:
+            raise RpcError(str(exc), NOT_FOUND) from None
+        except ValueError as exc:
+            raise RpcError(str(exc), REJECTED) from None
         return {}
 
+    return {"listtasks": listtasks, "gettask": gettask, "importblob": importblob, "addtaskkeys": addtaskkeys}
+
+
+def mining_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
+    """getmininginfo, getblocktemplate, submitcommit, submitclaim."""
+    core = ctx.core
+
     def getmininginfo() -> dict:
-        return node.mining_info()
+        return compute_mining_info(core, time.time(), ctx.blob_url())
 
     def getblocktemplate() -> dict:
-        return {"hex": encode(node.get_block_template()).hex()}
+        return {"hex": encode(core.get_block_template()).hex()}
 
     def submitcommit(hex: str) -> dict:
-        try:
-            commit = decode(Commit, _hex(hex, "hex"), max_size=4096)
-        except DecodeError as exc:
-            raise RpcError(f"malformed commit: {exc}", REJECTED) from None
-        with node.lock:
-            try:
-                node.commits.add(commit, now=time.time(), tip_height=node.store.tip_height, expected_task_id=node._expected_work_tasks())
-            except MempoolReject as exc:
-                raise RpcError(f"commit rejected: {exc}", REJECTED) from None
-        node.publish("commit", encode(commit))
+        commit = decode_param(Commit, hex, "hex", 4096)
+        raise_unless_accepted(core.submit_commit(commit, time.time()), "commit")
+        ctx.announce("commit", encode(commit))
         return {"accepted": True}
 
     def submitclaim(hex: str) -> dict:
-        try:
-            claim = decode(Claim, _hex(hex, "hex"))
-        except DecodeError as exc:
-            raise RpcError(f"malformed claim: {exc}", REJECTED) from None
-        state = node.store.state()
-        if claim.block.header.prev_hash == state.get_status().tip_hash:
-            # Check everything but the Dice now, so the miner hears about a bad block at once.
-            from consensus.transition import apply_block
-
-            try:
-                apply_block(state.child(), claim.block, params)
-            except InvalidBlock as exc:
-                raise RpcError(f"claim rejected: {exc}", REJECTED) from None
-        with node.lock:
-            try:
-                node.claims.add(claim, now=time.time())
-            except MempoolReject as exc:
-                raise RpcError(f"claim rejected: {exc}", REJECTED) from None
-        node.publish("claim", encode(claim))
-        node._request_claim_verification()
+        claim = decode_param(Claim, hex, "hex", core.params.max_block_size + 65536)
+        now = time.time()
+        raise_unless_accepted(core.submit_claim(claim, now), "claim")
+        ctx.announce("claim", encode(claim))
+        ctx.claim_taken(now)
         return {"accepted": True}
 
-    return {
-        "getinfo": getinfo,
-        "getparams": getparams,
-        "getblock": getblock,
-        "getbalance": getbalance,
-        "sendtx": sendtx,
-        "listtasks": listtasks,
-        "gettask": gettask,
-        "importblob": importblob,
-        "addtaskkeys": addtaskkeys,
-        "getmininginfo": getmininginfo,
-        "getblocktemplate": getblocktemplate,
-        "submitcommit": submitcommit,
-        "submitclaim": submitclaim,
-    }
+    return {"getmininginfo": getmininginfo, "getblocktemplate": getblocktemplate,
+            "submitcommit": submitcommit, "submitclaim": submitclaim}
+
+
+def make_handlers(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
+    """The node's RPC method table."""
+    return {**chain_methods(ctx), **wallet_methods(ctx), **task_methods(ctx), **mining_methods(ctx)}

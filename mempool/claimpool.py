@@ -56,6 +56,11 @@ class ClaimPool:
         self._verified: set[bytes] = set()
         self._seq = 0
 
+    def check(self, claim: Claim, *, now: float, tip_hash: bytes | None = None) -> None:
+        """Everything `add` checks, without admitting the claim; raises MempoolReject."""
+        check_wire_object(claim, Claim)
+        self._check(claim, now, tip_hash)
+
     def add(self, claim: Claim, *, now: float, tip_hash: bytes | None = None) -> bytes:
         """Admit a claim seen at `now`; returns its block hash or raises MempoolReject.
 
@@ -72,13 +77,12 @@ class ClaimPool:
             raise reject("malformed", str(exc)) from None
         return self._admit(claim, now, tip_hash)
 
-    def _admit(self, claim: Claim, now: float, tip_hash: bytes | None) -> bytes:
+    def _check(self, claim: Claim, now: float, tip_hash: bytes | None) -> None:
         header, body = claim.block.header, claim.block.body
         commit, work = body.commit, body.work
         if commit is None or work is None:
             raise reject("malformed", "claim carries no commit or work")
-        block_hash = header.hash
-        if block_hash in self._records:
+        if header.hash in self._records:
             raise reject("duplicate", "claim already in the pool")
         if not is_in_phase(self.params, header.slot, PHASE_2, now):
             raise reject("wrong-phase", f"time {now} is not in Phase 2 of slot {header.slot}")
@@ -95,11 +99,16 @@ class ClaimPool:
             raise reject("commit-mismatch", "the block's commit does not bind its model, miner, height and slot")
         if self.commits.get(header.miner, header.height, header.slot) != commit:
             raise reject("not-committed", "no such commit was made in Phase 1")
-        key = (header.miner, header.height, header.slot)
-        if key in self._by_miner:
+        if (header.miner, header.height, header.slot) in self._by_miner:
             raise reject("duplicate-miner", "the miner already claimed for this height and slot")
         if not header.is_signature_valid():
             raise reject("bad-signature", "header signature does not verify")
+
+    def _admit(self, claim: Claim, now: float, tip_hash: bytes | None) -> bytes:
+        self._check(claim, now, tip_hash)
+        header = claim.block.header
+        block_hash = header.hash
+        key = (header.miner, header.height, header.slot)
         self._seq += 1
         self._records[block_hash] = ClaimRecord(claim, block_hash, header.dice_ppm, header.miner, header.height, header.slot, self._seq)
         self._by_miner[key] = block_hash

@@ -12,20 +12,12 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from consensus.rules import get_queue_order_key
+from consensus.rules import TASK_PENDING, TASK_SCHEDULED, TASK_WAITING, get_queue_order_key, is_standing_task
 from consensus.state import State
 from pouw.encoding import hash_of
 from pouw.types import ChainParams, QueueEntry, TaskSubmission
 
 from mempool.errors import reject
-
-LISTING_SCHEDULED = "scheduled"
-"""Selected by the chain for a coming height."""
-LISTING_QUEUED = "queued"
-"""Confirmed and waiting in the chain's queue."""
-LISTING_PENDING = "pending"
-"""Submitted but not yet in a block (mempool only)."""
-
 
 def get_task_order_key(reward: int, task_id: bytes) -> tuple[int, bytes]:
     """Sort key of a task: consensus's queue order (reward descending, task id ascending)."""
@@ -100,7 +92,7 @@ class TaskListing:
     reward: int
     """Escrowed (or offered, when pending) reward; 0 for the standing task."""
     status: str
-    """LISTING_SCHEDULED, LISTING_QUEUED or LISTING_PENDING."""
+    """consensus.rules.TASK_SCHEDULED, TASK_WAITING or TASK_PENDING (one vocabulary with RPC)."""
     height: int
     """The height it is scheduled for; 0 unless scheduled."""
     title: str
@@ -116,24 +108,24 @@ def compute_task_listing(state: State, pending: TaskPool, params: ChainParams) -
     status = state.get_status()
     rows: list[TaskListing] = []
     for sched in status.scheduled:
-        if sched.task_id == params.standing_task.task_id:
-            rows.append(TaskListing(sched.task_id, 0, LISTING_SCHEDULED, sched.height, "standing task"))
+        if is_standing_task(params, sched.task_id):
+            rows.append(TaskListing(sched.task_id, 0, TASK_SCHEDULED, sched.height, "standing task"))
             continue
         record = state.get_task(sched.task_id)
         title = record.submission.title if record is not None else ""
         reward = record.submission.reward if record is not None else 0
-        rows.append(TaskListing(sched.task_id, reward, LISTING_SCHEDULED, sched.height, title))
+        rows.append(TaskListing(sched.task_id, reward, TASK_SCHEDULED, sched.height, title))
     waiting: list[tuple[tuple[int, bytes], TaskListing]] = []
     confirmed = set()
     for entry in status.unselected:
         record = state.get_task(entry.task_id)
         title = record.submission.title if record is not None else ""
         confirmed.add(entry.task_id)
-        waiting.append((get_queue_order_key(entry), TaskListing(entry.task_id, entry.reward, LISTING_QUEUED, 0, title)))
+        waiting.append((get_queue_order_key(entry), TaskListing(entry.task_id, entry.reward, TASK_WAITING, 0, title)))
     for sub in pending.ranked():
         task_id = hash_of(sub)
         if task_id in confirmed or state.get_task(task_id) is not None:
             continue
-        waiting.append((get_task_order_key(sub.reward, task_id), TaskListing(task_id, sub.reward, LISTING_PENDING, 0, sub.title)))
+        waiting.append((get_task_order_key(sub.reward, task_id), TaskListing(task_id, sub.reward, TASK_PENDING, 0, sub.title)))
     waiting.sort(key=lambda item: item[0])
     return rows + [row for _, row in waiting]

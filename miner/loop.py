@@ -23,7 +23,7 @@ from pathlib import Path
 
 from consensus.assemble import BlockTemplate, complete_block, make_commit
 from consensus.clock import PHASE_1, get_phase2_start, get_phase_point, get_slot_start
-from consensus.rules import compute_training_seed
+from consensus.rules import compute_training_seed, get_work_task_id, is_key_for_task
 from consensus.transition import InvalidBlock
 from consensus.work import WorkData, get_work_data, load_task_split
 from pouw.blobserve import BlobServer
@@ -36,8 +36,10 @@ from pouw.types import (
     KEY_TRAIN,
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
+    Block,
     ChainParams,
     Claim,
+    Commit,
     WorkProof,
 )
 
@@ -74,6 +76,23 @@ class MinerConfig:
     """Where the miner's own blob server listens (0: any free port)."""
     public_url: str | None = None
     """Base URL other nodes should fetch the miner's blobs from (default: the blob server's URL)."""
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """The moments one round works to."""
+
+    phase2: float
+    """t(s,b): commits must be in before it."""
+    slot_end: float
+    """t(s+1,a): the claim must be in before it."""
+    deadline: float
+    """When training stops: t(s,b) minus the commit margin."""
+
+    @classmethod
+    def of(cls, params: ChainParams, slot: int, margin: float) -> "RoundTimes":
+        return cls(get_phase2_start(params, slot), get_slot_start(params, slot + 1),
+                   plan.compute_train_deadline(params, slot, margin))
 
 
 @dataclass(frozen=True)
@@ -236,116 +255,138 @@ class Miner:
         return None
 
     def _mine_round(self, info: plan.MiningInfo, slot: int, prefetcher: Prefetcher) -> RoundResult:
-        params = self.params
-        kp = self.config.keypair
-        standing = info.current.standing
-        task = info.current.task
-        phase2 = get_phase2_start(params, slot)
-        slot_end = get_slot_start(params, slot + 1)
-        margin = self.config.margin if self.config.margin is not None else plan.compute_commit_margin(params, self.node.rtt)
-        deadline = plan.compute_train_deadline(params, slot, margin)
+        margin = self.config.margin if self.config.margin is not None else plan.compute_commit_margin(self.params, self.node.rtt)
+        round_ = RoundTimes.of(self.params, slot, margin)
+        info, mode, train_key = self._await_train_key(info, slot, round_)
+        data, mode, train_key = self._prepare_train_data(info, mode, train_key, prefetcher)
+        result = self._train(info, data, mode, round_)
+        info, commit = self._commit(info, slot, mode, result, round_)
+        info, final, test_key, score_set = self._await_score_set(info, slot, mode, data, prefetcher, round_)
+        dice = self._evaluate(result, data, score_set, final)
+        block = self._claim(info, slot, commit, result, dice, final, train_key, test_key, round_)
+        return RoundResult(info.height, slot, info.current.task_id, final, dice, block.hash, result.model_digest,
+                           result.epochs)
 
-        # Phase 1: the training key decides between the task and the standing task.
-        train_key = None
+    def _await_train_key(self, info: plan.MiningInfo, slot: int, round_: "RoundTimes") -> tuple[plan.MiningInfo, int, bytes | None]:
+        """Phase 1: the training key decides between the task (mode 0) and the standing task (mode 1)."""
+        task, standing = info.current.task, info.current.standing
         while True:
-            ok = plan.is_matching_key(task, KEY_TRAIN, info.train_key)
-            mode = plan.decide_train_mode(params, slot, time.time(), standing, ok)
+            ok = is_key_for_task(task, KEY_TRAIN, info.train_key) if task is not None else False
+            mode = plan.decide_train_mode(self.params, slot, time.time(), standing, ok)
             if mode is not plan.WAIT:
-                train_key = info.train_key if ok else None
                 break
             time.sleep(min(0.2, self.config.poll_seconds))
-            info = self._poll_same(info, deadline)
+            info = self._poll_same(info, round_.deadline)
         if not standing and mode == plan.MODE_NORMAL:
             self.reporter.emit("train-key", f"training key of task {info.current.task_id.hex()[:12]} received",
                                task_id=info.current.task_id)
         elif mode == MODE_NO_TRAIN_KEY:
             self.reporter.emit("no-train-key", "no training key in time: mining the standing task (mode 1)",
                                task_id=info.current.task_id)
+        return info, mode, (info.train_key if ok else None)
 
+    def _prepare_train_data(self, info: plan.MiningInfo, mode: int, train_key: bytes | None,
+                            prefetcher: Prefetcher) -> tuple[WorkData, int, bytes | None]:
+        """The round's training data; a task whose data is unusable falls back to the standing task (mode 1)."""
         data = self._load_train_data(info, mode, train_key, prefetcher)
-        if data is None:  # the selected task's data is unusable: the standing task keeps the interval mined
-            mode = MODE_NO_TRAIN_KEY
-            train_key = None
-            data = get_work_data(None, params, info.prev_hash, mode, {}, self.blobs, self.datadir)
+        if data is not None:
+            return data, mode, train_key
+        fallback = get_work_data(None, self.params, info.prev_hash, MODE_NO_TRAIN_KEY, {}, self.blobs, self.datadir)
+        return fallback, MODE_NO_TRAIN_KEY, None
 
-        now = time.time()
-        if not plan.can_start_training(now, deadline):
-            raise Abandon(f"too late to train: phase 1 ends in {max(0.0, phase2 - now):.1f} s")
-        self.reporter.emit(
-            "train", f"training {data.model.architecture} on {len(data.train_set)} images for {deadline - now:.0f} s",
-            mode=mode, images=len(data.train_set), seconds=round(deadline - now, 1),
-        )
+    def _train(self, info: plan.MiningInfo, data: WorkData, mode: int, round_: "RoundTimes"):
+        """Train until the deadline; the model is stored beside its checkpoints, which the miner serves."""
         from pouw.seg.train import TrainError, train
 
+        now = time.time()
+        if not plan.can_start_training(now, round_.deadline):
+            raise Abandon(f"too late to train: phase 1 ends in {max(0.0, round_.phase2 - now):.1f} s")
+        self.reporter.emit(
+            "train", f"training {data.model.architecture} on {len(data.train_set)} images for {round_.deadline - now:.0f} s",
+            mode=mode, images=len(data.train_set), seconds=round(round_.deadline - now, 1),
+        )
+        seed = compute_training_seed(info.prev_hash, self.config.keypair.public_key)
         try:
-            result = train(
-                data.model, data.train, data.train_set, compute_training_seed(info.prev_hash, kp.public_key),
-                deadline, self.blobs, device=self.config.device, progress=self.config.progress,
-                num_threads=self._threads(),
-            )
+            result = train(data.model, data.train, data.train_set, seed, round_.deadline, self.blobs,
+                           device=self.config.device, progress=self.config.progress, num_threads=self._threads())
         except TrainError as exc:
             raise Abandon(f"training failed: {exc}") from None
-        self.blobs.put_bytes(result.model_file)  # the model is served beside its checkpoints
+        self.blobs.put_bytes(result.model_file)
         self.reporter.emit(
             "trained",
             f"trained {result.epochs} epochs (loss {result.epoch_losses[-1]:.4f}, stopped: {result.stop_reason})",
             epochs=result.epochs, loss=result.epoch_losses[-1], stop_reason=result.stop_reason,
             model_digest=result.model_digest,
         )
+        return result
 
-        info = self._poll_same(info, phase2)
-        work_task = plan.get_work_task_id(params, info.current.task_id, mode)
-        commit = make_commit(kp, info.height, slot, work_task, result.model_digest)
+    def _commit(self, info: plan.MiningInfo, slot: int, mode: int, result, round_: "RoundTimes") -> tuple[plan.MiningInfo, Commit]:
+        """Send the Phase-1 commit binding the model to this miner, before t(s,b)."""
+        info = self._poll_same(info, round_.phase2)
+        work_task = get_work_task_id(self.params, info.current.task_id, mode)
+        commit = make_commit(self.config.keypair, info.height, slot, work_task, result.model_digest)
         try:
-            self._call("submitcommit", phase2, hex=encode(commit).hex())
+            self._call("submitcommit", round_.phase2, hex=encode(commit).hex())
         except RpcError as exc:
             raise Abandon(f"commit refused: {exc}") from None
-        self.reporter.emit("commit", f"commit sent for height {info.height} ({phase2 - time.time():.1f} s before phase 2)",
+        self.reporter.emit("commit", f"commit sent for height {info.height} ({round_.phase2 - time.time():.1f} s before phase 2)",
                            height=info.height, slot=slot, binding=commit.binding)
+        return info, commit
 
-        # Phase 2: the test key decides how the model is scored.
-        while time.time() < phase2:
-            time.sleep(min(0.2, max(0.0, phase2 - time.time())))
-        info = self._poll_same(info, slot_end)
+    def _await_score_set(self, info: plan.MiningInfo, slot: int, mode: int, data: WorkData, prefetcher: Prefetcher,
+                         round_: "RoundTimes"):
+        """Phase 2: the test key decides how the model is scored (mode 0 on the test set, else mode 2 on the training set)."""
+        while time.time() < round_.phase2:
+            time.sleep(min(0.2, max(0.0, round_.phase2 - time.time())))
+        info = self._poll_same(info, round_.slot_end)
+        task, standing = info.current.task, info.current.standing
         while True:
-            ok = plan.is_matching_key(task, KEY_TEST, info.test_key)
-            final = plan.decide_score_mode(params, slot, time.time(), mode, standing, ok)
+            ok = is_key_for_task(task, KEY_TEST, info.test_key) if task is not None else False
+            final = plan.decide_score_mode(self.params, slot, time.time(), mode, standing, ok)
             if final is not plan.WAIT:
                 break
             time.sleep(min(0.2, self.config.poll_seconds))
-            info = self._poll_same(info, slot_end)
+            info = self._poll_same(info, round_.slot_end)
         test_key = info.test_key if final == plan.MODE_NORMAL and not standing else None
         if final == MODE_NO_TEST_KEY:
             self.reporter.emit("no-test-key", "no test key in time: scoring on the training set (mode 2)")
         score_set = self._load_score_set(info, final, test_key, data, prefetcher)
         if score_set is None:
             final, test_key, score_set = MODE_NO_TEST_KEY, None, data.train_set
+        return info, final, test_key, score_set
 
+    def _evaluate(self, result, data: WorkData, score_set, mode: int) -> int:
+        """The model's Dice on the scoring set, exactly as full nodes compute it."""
         from pouw.seg.dice import evaluate
 
         dice = evaluate(result.model_file, data.model, score_set, device="cpu").dice_ppm
-        self.reporter.emit("dice", f"Dice {dice / 1e6:.4f} on {len(score_set)} images ({plan.MODE_NAMES[final]})",
-                           dice_ppm=dice, mode=final)
+        self.reporter.emit("dice", f"Dice {dice / 1e6:.4f} on {len(score_set)} images ({plan.MODE_NAMES[mode]})",
+                           dice_ppm=dice, mode=mode)
+        return dice
 
-        template = decode(BlockTemplate, bytes.fromhex(self._call("getblocktemplate", slot_end)["hex"]))
+    def _claim(self, info: plan.MiningInfo, slot: int, commit: Commit, result, dice: int, mode: int,
+               train_key: bytes | None, test_key: bytes | None, round_: "RoundTimes") -> Block:
+        """Build the block on the node's template and send it as this miner's Phase-2 claim."""
+        template = decode(BlockTemplate, bytes.fromhex(self._call("getblocktemplate", round_.slot_end)["hex"]))
         if template.height != info.height or template.prev_hash != info.prev_hash:
             raise Abandon(f"tip moved to height {template.height - 1}")
         work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (self.link,), dice)
+        standing = info.current.standing
         block = complete_block(
-            template, params, kp, slot=slot, timestamp=plan.compute_block_timestamp(params, slot, time.time()),
-            commit=commit, work=work, task=task, task_mode=final,
-            key_reveals=plan.get_key_reveals(info.current.task_id, standing, final, train_key, test_key),
+            template, self.params, self.config.keypair, slot=slot,
+            timestamp=plan.compute_block_timestamp(self.params, slot, time.time()),
+            commit=commit, work=work, task=info.current.task, task_mode=mode,
+            key_reveals=plan.get_key_reveals(info.current.task_id, standing, mode, train_key, test_key),
         )
         try:
-            self._call("submitclaim", slot_end, hex=encode(Claim(block)).hex())
+            self._call("submitclaim", round_.slot_end, hex=encode(Claim(block)).hex())
         except RpcError as exc:
             raise Abandon(f"claim refused: {exc}") from None
         self.reporter.emit(
             "claim", f"claim sent: block {block.hash.hex()[:16]} height {info.height} Dice {dice / 1e6:.4f}",
-            height=info.height, slot=slot, block_hash=block.hash, dice_ppm=dice, mode=final,
+            height=info.height, slot=slot, block_hash=block.hash, dice_ppm=dice, mode=mode,
         )
-        return RoundResult(info.height, slot, info.current.task_id, final, dice, block.hash, result.model_digest,
-                           result.epochs)
+        return block
 
     # -- data ------------------------------------------------------------------
     def _load_train_data(self, info: plan.MiningInfo, mode: int, train_key: bytes | None,

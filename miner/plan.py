@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus import rules
 from consensus.clock import get_phase2_start, get_slot_start
-from pouw.blobcrypt import is_key_for
 from pouw.encoding import decode
 from pouw.types import (
     KEY_TEST,
@@ -84,14 +82,6 @@ def parse_mining_info(d: dict) -> MiningInfo:
     )
 
 
-def is_matching_key(task: TaskSubmission | None, which: int, key: bytes | None) -> bool:
-    """True when `key` opens the task's training (or test) blob according to its commitment."""
-    if task is None or key is None or len(key) != 32:
-        return False
-    blob = task.train_blob if which == KEY_TRAIN else task.test_blob
-    return is_key_for(key, blob.key_commitment)
-
-
 def decide_train_mode(
     params: ChainParams, slot: int, now: float, standing: bool, train_key_ok: bool
 ) -> int | None:
@@ -154,11 +144,6 @@ def compute_block_timestamp(params: ChainParams, slot: int, now: float) -> int:
     lo = get_phase2_start(params, slot)
     hi = get_slot_start(params, slot + 1) - 1
     return int(min(max(int(now), lo), hi))
-
-
-def get_work_task_id(params: ChainParams, selected_task_id: bytes, mode: int) -> bytes:
-    """The task the commit names: the standing task in mode 1, the selected one otherwise (the consensus rule)."""
-    return rules.get_work_task_id(params, selected_task_id, mode)
 
 
 def get_key_reveals(

@@ -1,4 +1,4 @@
-"""`pouw wallet` and `pouw chain` through click's CliRunner against the harness node (real RPC, real LevelDB)."""
+"""`pouw wallet` and `pouw chain` through click's CliRunner against a real full node on loopback."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pouw.cli.publish import COMMANDS, parse_patch
 from pouw.keys import KeyPair
 from pouw.types import Allocation, Transfer
 
-from test_miner import NodeHarness
+from test_miner import NodeUnderTest
 
 
 @pytest.fixture
@@ -30,12 +30,12 @@ def env(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     address = json.loads(res.output)["address"]
     params = make_devnet_params(genesis_time=int(time.time()) - 100, allocations=(Allocation(bytes.fromhex(address), 100 * COIN),))
-    node = NodeHarness(tmp_path / "node", params)
+    node = NodeUnderTest(tmp_path / "node", params)
     yield runner, node, key_file, address
     node.close()
 
 
-def node_args(node: NodeHarness) -> list[str]:
+def node_args(node: NodeUnderTest) -> list[str]:
     return ["--node", node.url, "--datadir", str(node.datadir)]
 
 
@@ -60,7 +60,7 @@ def test_wallet_send_and_balance(env):
     assert res.exit_code == 0, res.output
     sent = json.loads(res.output)
     assert sent["amount"] == 250_000_000 and sent["nonce"] == 0
-    [tx] = node.txpool.get_account_txs(bytes.fromhex(address))
+    [tx] = node.node.core.txpool.get_account_txs(bytes.fromhex(address))
     assert isinstance(tx, Transfer) and tx.recipient.hex() == to and tx.fee == 100_000 and tx.is_signature_valid()
 
     # A second send uses the next pending nonce.
@@ -70,7 +70,7 @@ def test_wallet_send_and_balance(env):
     assert json.loads(res.output)["pending_nonce"] == 2
 
     # Mined into a block, the recipient holds the coins.
-    node.mine_placeholder_block(KeyPair.from_seed(b"\x09" * 32), slot=node.store.state().get_status().min_slot)
+    node.add_standing_block(KeyPair.from_seed(b"\x09" * 32), slot=node.chain.state().get_status().min_slot)
     res = runner.invoke(main, ["wallet", "balance", to, "--json", *node_args(node)])
     assert json.loads(res.output)["balance"] == 350_000_000
 
@@ -96,7 +96,7 @@ def test_unreachable_node_is_a_clear_error(env, tmp_path):
 
 def test_chain_info_and_block(env):
     runner, node, _key_file, _address = env
-    block = node.mine_placeholder_block(KeyPair.from_seed(b"\x09" * 32), slot=node.store.state().get_status().min_slot)
+    block = node.add_standing_block(KeyPair.from_seed(b"\x09" * 32), slot=node.chain.state().get_status().min_slot)
     res = runner.invoke(main, ["chain", "info", *node_args(node)])
     assert res.exit_code == 0 and "height   1" in res.output and "devnet" in res.output
     res = runner.invoke(main, ["chain", "block", "1", "--json", *node_args(node)])
@@ -104,7 +104,7 @@ def test_chain_info_and_block(env):
     res = runner.invoke(main, ["chain", "block", block.hash.hex(), *node_args(node)])
     assert res.exit_code == 0 and f"block {block.hash.hex()}" in res.output
     res = runner.invoke(main, ["chain", "block", "99", *node_args(node)])
-    assert res.exit_code == 1 and "block not found" in res.output
+    assert res.exit_code == 1 and "no block 99" in res.output
     res = runner.invoke(main, ["chain", "block", "xyz", *node_args(node)])
     assert res.exit_code == 2
 
@@ -115,7 +115,7 @@ def test_task_commands_without_results(env):
     res = runner.invoke(group, ["list", *node_args(node)])
     assert res.exit_code == 0 and "standing task" in res.output
     res = runner.invoke(group, ["status", "00" * 32, *node_args(node)])
-    assert res.exit_code == 1 and "unknown task" in res.output
+    assert res.exit_code == 1 and "no task 00" in res.output
 
 
 def test_amounts_and_patch_parsing():

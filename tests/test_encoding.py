@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from consensus.fixtures import make_keypair, make_next_block, make_task, make_test_params, make_transfer
 from consensus.genesis import COIN
 from pouw.encoding import DecodeError, decode, encode, hash_of
-from pouw.store import BlockIndex, Undo
+from consensus.chainstate import BlockIndex, Undo
 from pouw.types import (
     Account,
     Block,

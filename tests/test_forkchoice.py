@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from chainutil import MemoryChain
+from chainutil import MemoryChain, submit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +13,7 @@ from consensus.fixtures import make_keypair, make_next_block, make_test_params
 from consensus.forkchoice import ChainScore, compute_child_score, compute_confirmations, is_better
 from consensus.state import State, apply_changes
 from consensus.transition import apply_block
-from pouw.store import ChainStore
+from consensus.chainstate import ChainState
 
 PARAMS = make_test_params("alice")
 MINERS = [make_keypair(f"m{i}") for i in range(3)]
@@ -67,9 +67,9 @@ def test_arrival_order_does_not_change_the_choice(tmp_path_factory, spec, seed):
     tips = set()
     for order in topological_orders(parents, random.Random(seed), 3):
         path = tmp_path_factory.mktemp("fc")
-        with ChainStore(path / "db", PARAMS) as store:
+        with ChainState.open(path / "db", PARAMS) as store:
             for i in order:
-                store.submit_block(blocks[i])
+                submit(store, blocks[i])
             tips.add(store.tip_hash)
             best_score = store.get_index(store.tip_hash).score
             for block_hash, index in store.iter_index():
@@ -117,9 +117,9 @@ def test_more_high_accuracy_models_beats_longer_chain(tmp_path):
         block = make_next_block(short_chain.state(), PARAMS, MINERS[1], dice_ppm=850_000, salt=b"h")
         short_chain.apply(block)
         high.append(block)
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in low + high:
-            store.submit_block(block)
+            submit(store, block)
         assert store.tip_hash == high[-1].hash
         # Confirmations count high-accuracy blocks after a block, not blocks.
         assert compute_confirmations(store.get_headers_after(high[0].hash), PARAMS) == 1
@@ -132,7 +132,7 @@ def test_equal_scores_prefer_the_lower_hash(tmp_path):
     want = min(blocks, key=lambda b: b.hash)
     for order in (blocks, blocks[::-1]):
         path = tmp_path / f"db{order is blocks}"
-        with ChainStore(path, PARAMS) as store:
+        with ChainState.open(path, PARAMS) as store:
             for b in order:
-                store.submit_block(b)
+                submit(store, b)
             assert store.tip_hash == want.hash

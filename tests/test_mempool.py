@@ -22,7 +22,7 @@ from mempool.txpool import (
     is_replacement_fee_enough,
 )
 from pouw.encoding import encode
-from pouw.store import ChainStore
+from consensus.chainstate import ChainState
 from pouw.types import Account, TaskSubmission, Transfer, get_tx_id
 
 ALICE, BOB, CAROL, DAVE, MINER = (make_keypair(n) for n in ("alice", "bob", "carol", "dave", "miner"))
@@ -453,14 +453,14 @@ def test_stale_pool_resyncs_on_add(chain):
 def test_reorg_readds_disconnected_transactions(tmp_path):
     params = make_test_params("alice", "bob")
     pool = TxPool(params)
-    with ChainStore(tmp_path / "chain", params) as store:
+    with ChainState.open(tmp_path / "chain", params) as store:
         a0 = make_transfer(ALICE, SINK, 5, 0)
         a1 = make_transfer(ALICE, SINK, 5, 1)
         fund = make_transfer(BOB, DAVE.public_key, 10 * COIN, 0)
         for tx in (a0, a1, fund):
             pool.add(tx, store.state())
         block = make_next_block(store.state(), params, MINER, transactions=(a0, fund))
-        store.add_block(block)
+        store.store_valid_block(block, store.get_index(block.header.prev_hash))
         store.connect_block(block)
         assert set(pool.remove_for_block(block, store.state())) == {get_tx_id(a0), get_tx_id(fund)}
         a2 = make_transfer(ALICE, SINK, 5, 2)
@@ -480,7 +480,7 @@ def test_reorg_readds_disconnected_transactions(tmp_path):
         chosen = pool.select_for_block(store.state())
         assert set(map(get_tx_id, chosen)) == {get_tx_id(t) for t in (a0, a1, a2, fund)}
         again = make_next_block(store.state(), params, MINER, transactions=tuple(chosen), salt=b"2")
-        store.add_block(again)
+        store.store_valid_block(again, store.get_index(again.header.prev_hash))
         store.connect_block(again)
         pool.remove_for_block(again, store.state())
         assert len(pool) == 0

@@ -8,15 +8,9 @@ from hypothesis import given, strategies as st
 
 from consensus.fixtures import make_keypair, make_next_block, make_task, make_test_params
 from consensus.genesis import COIN
-from consensus.rules import compute_insert_queue
+from consensus.rules import TASK_PENDING, TASK_SCHEDULED, TASK_WAITING, compute_insert_queue
 from mempool.errors import MempoolReject
-from mempool.taskpool import (
-    LISTING_PENDING,
-    LISTING_QUEUED,
-    LISTING_SCHEDULED,
-    TaskPool,
-    compute_task_listing,
-)
+from mempool.taskpool import TaskPool, compute_task_listing
 from mempool.txpool import TxPool
 from pouw.types import QueueEntry
 
@@ -99,11 +93,11 @@ def test_listing_merges_chain_queue_with_pending():
     pool.add(t7, chain.state())
     pool.add(t3, chain.state())
     rows = compute_task_listing(chain.state(), pool.tasks, params)
-    assert [(r.status, r.height) for r in rows[:2]] == [(LISTING_SCHEDULED, 2), (LISTING_SCHEDULED, 3)]
+    assert [(r.status, r.height) for r in rows[:2]] == [(TASK_SCHEDULED, 2), (TASK_SCHEDULED, 3)]
     assert rows[0].task_id == params.standing_task.task_id and rows[0].title == "standing task"
     assert rows[1].task_id == t9.task_id and rows[1].reward == 9 * COIN and rows[1].title == "test task nine"
     assert [(r.task_id, r.status) for r in rows[2:]] == [
-        (t7.task_id, LISTING_PENDING),
-        (t5.task_id, LISTING_QUEUED),
-        (t3.task_id, LISTING_PENDING),
+        (t7.task_id, TASK_PENDING),
+        (t5.task_id, TASK_WAITING),
+        (t3.task_id, TASK_PENDING),
     ]

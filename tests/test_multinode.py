@@ -54,7 +54,10 @@ def make_params(phase1: int, phase2: int, margin: int = 8):
 
 def start_node(root: Path, name: str, params, bootstrap=(), claim_wait: float | None = None) -> FullNode:
     config = NodeConfig(datadir=root / name, params=params, rpc_port=0, bootstrap=list(bootstrap), claim_wait_seconds=claim_wait)
-    return FullNode(config, log_fn=lambda msg: None).start()
+    lines: list[str] = []
+    node = FullNode(config, log_fn=lines.append)
+    node.lines = lines  # what the node logged, for assertions
+    return node.start()
 
 
 def client(node: FullNode) -> RpcClient:
@@ -167,7 +170,7 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
         # In Phase 2 of the first slot the honest miner claims in, try the thief's and the latecomer's
         # tricks on node b (which gathers claims until late in Phase 2, so the height is still open).
         def honest_claims():
-            return [c.block for c in b.claims.ranked() if c.block.header.miner == HONEST.public_key]
+            return [c.block for c in b.core.claims.ranked() if c.block.header.miner == HONEST.public_key]
 
         wait_until(lambda: honest_claims(), 120, "the honest claim")
         honest_block = honest_claims()[0]
@@ -188,30 +191,30 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
 
         with pytest.raises(RpcError, match="not-committed"):  # the stolen model under the thief's own (late) commit
             rpc.call("submitclaim", hex=encode(Claim(claim_with(late, stolen))).hex())
-        with pytest.raises(RpcError, match="another miner"):  # the stolen model under the honest miner's commit
+        with pytest.raises(RpcError, match="commit-mismatch"):  # the stolen model under the honest miner's commit
             rpc.call("submitclaim", hex=encode(Claim(claim_with(honest_block.body.commit, stolen))).hex())
         fresh = WorkProof(b"\x42" * 32, 1000, (b"\x43" * 32,), ("http://127.0.0.1:9",), 990_000)
         uncommitted = make_commit(THIEF, height, slot, params.standing_task.task_id, fresh.model_digest)
         with pytest.raises(RpcError, match="not-committed"):  # a model never committed at all
             rpc.call("submitclaim", hex=encode(Claim(claim_with(uncommitted, fresh))).hex())
 
-        wait_until(lambda: all(n.store.tip_height >= 3 for n in nodes), 200, "three blocks on both nodes")
+        wait_until(lambda: all(n.chain.tip_height >= 3 for n in nodes), 200, "three blocks on both nodes")
         for m in miners:
             m.stop()
-        wait_until(lambda: len({n.store.tip_hash for n in nodes}) == 1, 30, "agreement")
+        wait_until(lambda: len({n.chain.tip_hash for n in nodes}) == 1, 30, "agreement")
 
         # The liar claimed more than the honest miner every time and never won.
         assert liar.link.lies, "the lying miner sent no claim"
         for height in (1, 2, 3):
-            assert a.store.get_block_at(height).header.miner == HONEST.public_key
-        reasons = " ".join(list(a._rejected_blocks.values()) + list(b._rejected_blocks.values()))
+            assert a.chain.get_block_at(height).header.miner == HONEST.public_key
+        reasons = " ".join(a.lines + b.lines)
         assert "claimed Dice 999999 ppm, measured" in reasons
-        assert a.store.get_meta().state_checksum == b.store.get_meta().state_checksum
+        assert a.chain.get_meta().state_checksum == b.chain.get_meta().state_checksum
 
         # The silent publisher's task was selected for height 3, mined as the standing task and refunded.
-        block3 = a.store.get_block_at(3)
+        block3 = a.chain.get_block_at(3)
         assert block3.header.task_id == silent.task_id and block3.header.task_mode == MODE_NO_TRAIN_KEY
-        assert a.store.state().get_account(PUBLISHER.public_key).balance == publisher_start - silent.fee
+        assert a.chain.state().get_account(PUBLISHER.public_key).balance == publisher_start - silent.fee
         assert client(a).call("gettask", task_id=silent.task_id.hex())["status"] == "refunded"
     finally:
         for m in miners:
@@ -229,18 +232,18 @@ def test_network_split_heals_by_fork_choice(tmp_path):
         nodes += [a, b]
         miners.append(MinerThread(a, HONEST, tmp_path / "ma").start())
         miners.append(MinerThread(b, OTHER, tmp_path / "mb").start())
-        wait_until(lambda: a.store.tip_height >= 2 and b.store.tip_height >= 2, 150, "two blocks on each side")
+        wait_until(lambda: a.chain.tip_height >= 2 and b.chain.tip_height >= 2, 150, "two blocks on each side")
         for m in miners:
             m.stop()
         time.sleep(1)
-        assert a.store.get_block_at(1).hash != b.store.get_block_at(1).hash, "the split did not fork"
-        score_a = a.store.get_index(a.store.tip_hash).score
-        score_b = b.store.get_index(b.store.tip_hash).score
+        assert a.chain.get_block_at(1).hash != b.chain.get_block_at(1).hash, "the split did not fork"
+        score_a = a.chain.get_index(a.chain.tip_hash).score
+        score_b = b.chain.get_index(b.chain.tip_hash).score
         winner = score_a if is_better(score_a, score_b) else score_b
         b.p2p_thread.call(b.p2p.connect, a.p2p_addrs()[0])
-        wait_until(lambda: a.store.tip_hash == b.store.tip_hash, 60, "the fork to heal")
-        assert a.store.tip_hash == winner.tip_hash
-        assert a.store.get_meta().state_checksum == b.store.get_meta().state_checksum
+        wait_until(lambda: a.chain.tip_hash == b.chain.tip_hash, 60, "the fork to heal")
+        assert a.chain.tip_hash == winner.tip_hash
+        assert a.chain.get_meta().state_checksum == b.chain.get_meta().state_checksum
     finally:
         for m in miners:
             m.stop()

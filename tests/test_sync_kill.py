@@ -68,7 +68,7 @@ def test_node_killed_during_sync_restarts_and_catches_up(tmp_path):
     proc = None
     try:
         for block in blocks:
-            source.store.submit_block(block)
+            assert source.core.process_block(block, time.time()).is_valid
         params_file = save_params(tmp_path / "net", PARAMS)
         datadir = tmp_path / "syncing"
         log = tmp_path / "syncing.log"
@@ -91,11 +91,11 @@ def test_node_killed_during_sync_restarts_and_catches_up(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline:
             info = rpc.call("getinfo")
-            if info["tip"] == source.store.tip_hash.hex():
+            if info["tip"] == source.chain.tip_hash.hex():
                 break
             time.sleep(0.3)
-        assert info["tip"] == source.store.tip_hash.hex(), f"stuck at height {info['height']}"
-        assert info["state_checksum"] == source.store.get_meta().state_checksum.hex()
+        assert info["tip"] == source.chain.tip_hash.hex(), f"stuck at height {info['height']}"
+        assert info["state_checksum"] == source.chain.get_meta().state_checksum.hex()
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

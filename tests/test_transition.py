@@ -76,7 +76,7 @@ def test_valid_block_pays_miner_and_moves_coins(chain):
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        (dict(height=5), "height 5 does not follow"),
+        (dict(height=5), "commit is for another height"),  # the commit binds the height: caught before any state is read
         (dict(prev_hash=b"\x01" * 32), "prev_hash is not the tip"),
         (dict(timestamp=0), "not in Phase 2"),
         (dict(task_mode=7), "unknown task mode"),
@@ -90,6 +90,12 @@ def test_valid_block_pays_miner_and_moves_coins(chain):
 def test_header_rules(chain, change, fragment):
     block = make_next_block(chain.state(), chain.params, MINER)
     expect_invalid(chain, resign(block, **change), fragment)
+
+
+def test_height_must_follow_the_tip(chain):
+    stale = make_next_block(chain.state(), chain.params, MINER)
+    chain.apply(make_next_block(chain.state(), chain.params, MINER, salt=b"first"))
+    expect_invalid(chain, stale, "height 1 does not follow tip height 1")
 
 
 def test_header_signature_must_be_the_miners(chain):

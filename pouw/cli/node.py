@@ -59,7 +59,7 @@ def start(datadir, network, params_file, host, port, rpc_port, blob_port, bootst
     """Start a full node and run it until Ctrl-C or SIGTERM."""
     from fullnode.config import ConfigError, NodeConfig
     from fullnode.node import FullNode
-    from pouw.store import StoreError
+    from pouw.chaindb import StoreError
 
     datadir = datadir or DEFAULT_DATADIR / network
     datadir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The LevelDB chain store: atomic connect/disconnect, reorgs, restarts, damage."""
+"""The chain state over LevelDB: the block road, atomic connect/disconnect, reorgs, restarts, damage."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import dataclasses
+
 import plyvel
 import pytest
-from chainutil import MemoryChain
+from chainutil import MemoryChain, submit, unchecked_work
 
+from consensus.chainstate import BlockStatus, ChainState
 from consensus.fixtures import make_keypair, make_next_block, make_task, make_test_params, make_transfer
 from consensus.genesis import COIN
 from consensus.transition import InvalidBlock
+from pouw.chaindb import StoreError
 from pouw.encoding import encode
-from pouw.store import STATUS_INVALID, ChainStore, StoreError
+from pouw.types import Block
 
 ALICE, BOB, M1, M2 = (make_keypair(n) for n in ("alice", "bob", "m1", "m2"))
 PARAMS = make_test_params("alice", "bob")
@@ -51,19 +55,19 @@ def build_branch(base: MemoryChain, count: int, miner, dice: int, tag: str, slot
 
 
 def replay_dump(tmp_path: Path, blocks: list, name: str) -> bytes:
-    with ChainStore(tmp_path / name, PARAMS) as store:
+    with ChainState.open(tmp_path / name, PARAMS) as store:
         for block in blocks:
-            store.submit_block(block)
+            submit(store, block)
         return store.state_dump()
 
 
 def test_connect_disconnect_restores_state_exactly(tmp_path):
     chain = MemoryChain(PARAMS)
     blocks = build_branch(chain, 3, M1, 900_000, "a")
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         dumps = [store.state_dump()]
         for block in blocks:
-            assert store.submit_block(block)
+            assert submit(store, block).status is BlockStatus.CONNECTED
             dumps.append(store.state_dump())
         assert store.tip_hash == blocks[-1].hash
         for expected in reversed(dumps[:-1]):
@@ -84,12 +88,12 @@ def test_reorg_of_any_depth_equals_replay(tmp_path, depth):
         chain_b.apply(block)
     a_tail = build_branch(chain_a, depth, M1, 500_000, "a")
     b_tail = build_branch(chain_b, depth, M2, 950_000, "b", slot_offset=1)
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in shared + a_tail:
-            store.submit_block(block)
+            submit(store, block)
         assert store.tip_hash == a_tail[-1].hash
         for block in b_tail:
-            store.submit_block(block)
+            submit(store, block)
         assert store.tip_hash == b_tail[-1].hash
         assert store.get_hash_at(fork_height + 1) == b_tail[0].hash
         dump = store.state_dump()
@@ -102,106 +106,133 @@ def test_lower_scoring_branch_does_not_take_over(tmp_path):
     a = build_branch(chain_a, 3, M1, 900_000, "a")
     chain_b = MemoryChain(PARAMS)
     b = build_branch(chain_b, 4, M2, 100_000, "b", slot_offset=1)
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in a + b:
-            store.submit_block(block)
+            submit(store, block)
         # Three high-accuracy blocks beat four low-accuracy ones.
         assert store.tip_hash == a[-1].hash
 
 
-def test_invalid_block_on_better_branch_falls_back(tmp_path):
+def test_invalid_block_on_better_branch_is_never_stored(tmp_path):
     chain_a = MemoryChain(PARAMS)
     a = build_branch(chain_a, 2, M1, 900_000, "a")
     chain_b = MemoryChain(PARAMS)
     b = build_branch(chain_b, 3, M2, 950_000, "b", slot_offset=1)
     verified_bad = {b[1].hash}
 
-    def verify_work(block, state):
-        if block.hash in verified_bad:
-            raise InvalidBlock("recomputed Dice does not match the claim")
+    def check_work(candidate):
+        if candidate.block.hash in verified_bad:
+            raise InvalidBlock("work: recomputed Dice does not match the claim")
 
-    with ChainStore(tmp_path / "db", PARAMS, verify_work=verify_work) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in a:
-            store.submit_block(block)
-        store.submit_block(b[0])
-        with pytest.raises(InvalidBlock, match="recomputed Dice"):
-            store.submit_block(b[1])
-        assert store.get_index(b[1].hash).status == STATUS_INVALID
-        with pytest.raises(InvalidBlock, match="parent block is invalid"):
-            store.submit_block(b[2])
-        # b[0] alone has 1 high-accuracy block; a has 2: the node is back on a.
+            submit(store, block, check_work)
+        assert submit(store, b[0], check_work).status is BlockStatus.SIDE_BRANCH
+        result = submit(store, b[1], check_work)
+        assert result.status is BlockStatus.INVALID and "recomputed Dice" in result.reason
+        assert store.get_index(b[1].hash) is None, "an invalid block must not be stored"
+        result = submit(store, b[2], check_work)
+        assert result.status is BlockStatus.INVALID and result.reason == "parent block is invalid"
+        # b[0] alone has 1 high-accuracy block; a has 2: the node stays on a, never having left it.
         assert store.tip_hash == a[-1].hash
         store.check_consistency()
 
 
-def test_unknown_parent_is_rejected(tmp_path):
+def test_unknown_parent_is_missing_data_not_invalid(tmp_path):
     chain = MemoryChain(PARAMS)
     blocks = build_branch(chain, 2, M1, 900_000, "a")
-    with ChainStore(tmp_path / "db", PARAMS) as store:
-        with pytest.raises(InvalidBlock, match="parent block is unknown"):
-            store.submit_block(blocks[1])
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
+        result = submit(store, blocks[1])
+        assert result.status is BlockStatus.MISSING and result.reason == "parent block is unknown"
+        assert submit(store, blocks[0]).status is BlockStatus.CONNECTED
+        assert submit(store, blocks[1]).status is BlockStatus.CONNECTED
+
+
+def test_a_block_breaking_a_cheap_rule_never_reaches_the_work_check(tmp_path):
+    chain = MemoryChain(PARAMS)
+    [block] = build_branch(chain, 1, M1, 900_000, "a")
+    bad_timestamp = Block(dataclasses.replace(block.header, timestamp=0).signed_by(M1), block.body)
+    wrong_task = Block(dataclasses.replace(block.header, task_id=b"\x05" * 32).signed_by(M1), block.body)
+    checked = []
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
+        for bad, fragment in ((bad_timestamp, "not in Phase 2"), (wrong_task, "not the task selected")):
+            result = submit(store, bad, lambda c: checked.append(c.block.hash))
+            assert result.status is BlockStatus.INVALID and fragment in result.reason
+        assert checked == []
+        assert submit(store, block, lambda c: checked.append(c.block.hash)).status is BlockStatus.CONNECTED
+        assert checked == [block.hash]
+
+
+def test_a_block_from_the_future_is_refused_but_not_remembered(tmp_path):
+    chain = MemoryChain(PARAMS)
+    [block] = build_branch(chain, 1, M1, 900_000, "a")
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
+        early = block.header.timestamp - PARAMS.clock_skew_seconds - 1
+        result = store.process_new_block(block, early, unchecked_work)
+        assert result.status is BlockStatus.INVALID and "from the future" in result.reason
+        assert store.process_new_block(block, block.header.timestamp, unchecked_work).status is BlockStatus.CONNECTED
 
 
 def test_reopen_keeps_tip_and_state(tmp_path):
     chain = MemoryChain(PARAMS)
     blocks = build_branch(chain, 4, M1, 900_000, "a")
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in blocks:
-            store.submit_block(block)
+            submit(store, block)
         dump = store.state_dump()
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         assert store.tip_hash == blocks[-1].hash
         assert store.state_dump() == dump
 
 
 def test_other_network_database_is_refused(tmp_path):
-    ChainStore(tmp_path / "db", PARAMS).close()
+    ChainState.open(tmp_path / "db", PARAMS).close()
     other = make_test_params("alice")
     with pytest.raises(StoreError, match="belongs to another network"):
-        ChainStore(tmp_path / "db", other)
+        ChainState.open(tmp_path / "db", other)
 
 
 def test_damaged_state_record_is_refused(tmp_path):
     chain = MemoryChain(PARAMS)
     blocks = build_branch(chain, 2, M1, 900_000, "a")
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in blocks:
-            store.submit_block(block)
+            submit(store, block)
     db = plyvel.DB(str(tmp_path / "db"))
     key, value = next(iter(db.iterator(prefix=b"Sa")))
     db.put(key, value[:-1] + bytes([value[-1] ^ 1]))
     db.close()
     with pytest.raises(StoreError, match="state checksum does not match"):
-        ChainStore(tmp_path / "db", PARAMS)
+        ChainState.open(tmp_path / "db", PARAMS)
 
 
 def test_damaged_height_index_is_refused(tmp_path):
     chain = MemoryChain(PARAMS)
     blocks = build_branch(chain, 2, M1, 900_000, "a")
-    with ChainStore(tmp_path / "db", PARAMS) as store:
+    with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in blocks:
-            store.submit_block(block)
+            submit(store, block)
     db = plyvel.DB(str(tmp_path / "db"))
     db.delete(b"H" + (2).to_bytes(8, "big"))
     db.close()
     with pytest.raises(StoreError, match="height index does not end at the tip"):
-        ChainStore(tmp_path / "db", PARAMS)
+        ChainState.open(tmp_path / "db", PARAMS)
 
 
 def test_garbage_files_are_refused_with_a_clear_message(tmp_path):
     path = tmp_path / "db"
-    ChainStore(path, PARAMS).close()
+    ChainState.open(path, PARAMS).close()
     for f in path.iterdir():
         if f.name.startswith("MANIFEST"):
             f.write_bytes(os.urandom(200))
     with pytest.raises(StoreError, match="corrupted|cannot open"):
-        ChainStore(path, PARAMS)
+        ChainState.open(path, PARAMS)
 
 
 def test_second_opener_gets_a_clear_message(tmp_path):
-    with ChainStore(tmp_path / "db", PARAMS):
+    with ChainState.open(tmp_path / "db", PARAMS):
         with pytest.raises(StoreError, match="another pouw node"):
-            ChainStore(tmp_path / "db", PARAMS)
+            ChainState.open(tmp_path / "db", PARAMS)
 
 
 KILL_WORKER = r"""
@@ -209,13 +240,15 @@ import sys
 from pathlib import Path
 from pouw.encoding import decode
 from pouw.types import Block
-from pouw.store import ChainStore
+from consensus.chainstate import ChainState
 from consensus.fixtures import make_test_params
 params = make_test_params("alice", "bob")
 blocks = [decode(Block, bytes.fromhex(line)) for line in Path(sys.argv[2]).read_text().split()]
-store = ChainStore(sys.argv[1], params)
+store = ChainState.open(sys.argv[1], params)
 for block in blocks:
-    store.add_block(block)
+    parent = store.get_index(block.header.prev_hash)
+    if store.get_index(block.hash) is None:
+        store.store_valid_block(block, parent)
 print("ready", flush=True)
 while True:
     while store.tip_height < len(blocks):
@@ -230,10 +263,10 @@ def test_kill_at_any_moment_leaves_a_consistent_database(tmp_path):
     chain = MemoryChain(PARAMS)
     blocks = build_branch(chain, 6, M1, 900_000, "a")
     dumps = {}
-    with ChainStore(tmp_path / "ref", PARAMS) as ref:
+    with ChainState.open(tmp_path / "ref", PARAMS) as ref:
         dumps[ref.tip_hash] = ref.state_dump()
         for block in blocks:
-            ref.submit_block(block)
+            submit(ref, block)
             dumps[block.hash] = ref.state_dump()
     listing = tmp_path / "blocks.txt"
     listing.write_text("\n".join(encode(b).hex() for b in blocks))
@@ -246,6 +279,51 @@ def test_kill_at_any_moment_leaves_a_consistent_database(tmp_path):
         time.sleep(rng.uniform(0.01, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        with ChainStore(db, PARAMS) as store:
-            assert store.tip_hash in dumps
+        # Reopening activates the best chain again: every block is stored and valid, so it ends on the last one.
+        with ChainState.open(db, PARAMS) as store:
+            assert store.tip_hash == blocks[-1].hash
             assert store.state_dump() == dumps[store.tip_hash]
+
+
+STORE_ONLY_WORKER = r"""
+import sys, time
+from pathlib import Path
+from pouw.encoding import decode
+from pouw.types import Block
+from consensus.chainstate import ChainState
+from consensus.fixtures import make_test_params
+params = make_test_params("alice", "bob")
+honest = [decode(Block, bytes.fromhex(line)) for line in Path(sys.argv[2]).read_text().split()]
+better = [decode(Block, bytes.fromhex(line)) for line in Path(sys.argv[3]).read_text().split()]
+store = ChainState.open(sys.argv[1], params)
+for block in honest:
+    store.process_new_block(block, time.time(), lambda candidate: None)
+# accept_block stores a validated block, then activates; stop between the two, as a kill can.
+for block in better:
+    store.store_valid_block(block, store.get_index(block.header.prev_hash))
+print("stored", store.tip_hash.hex(), flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+def test_killed_after_storing_a_better_branch_the_node_comes_back_on_it(tmp_path):
+    chain_a = MemoryChain(PARAMS)
+    a = build_branch(chain_a, 3, M1, 500_000, "a")
+    chain_b = MemoryChain(PARAMS)
+    b = build_branch(chain_b, 2, M2, 950_000, "b", slot_offset=1)
+    (tmp_path / "a.txt").write_text("\n".join(encode(x).hex() for x in a))
+    (tmp_path / "b.txt").write_text("\n".join(encode(x).hex() for x in b))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    db = tmp_path / "db"
+    proc = subprocess.Popen([sys.executable, "-c", STORE_ONLY_WORKER, str(db), str(tmp_path / "a.txt"), str(tmp_path / "b.txt")],
+                            stdout=subprocess.PIPE, env=env)
+    line = proc.stdout.readline().split()
+    assert line[0] == b"stored" and bytes.fromhex(line[1].decode()) == a[-1].hash  # still on the worse tip
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with ChainState.open(db, PARAMS) as store:
+        assert store.tip_hash == b[-1].hash
+        store.check_consistency()
+        dump = store.state_dump()
+    assert dump == replay_dump(tmp_path, b, "replay")

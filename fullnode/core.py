@@ -1,0 +1,313 @@
+"""The node core: the chain state, the pools and the key book behind one door.
+
+Every input is a call that carries the current time and returns a verdict;
+the core starts no thread and reads no clock. Gossip, RPC, sync and the
+phase loop (fullnode/gossip.py, rpcapi.py, sync.py, node.py) are thin
+adapters that decode, call the core and act on its answer, so a transaction,
+a commit, a claim, a key or a block meets the same rules whichever door it
+came through.
+
+Locking: the core shares the chain state's lock; every call holds it only
+for in-memory decisions and short database writes. Verifying a block's work
+(fetching blobs, recomputing Dice, replaying training) runs outside it, so
+the node keeps answering while it verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from consensus.assemble import BlockTemplate, make_block_template
+from consensus.chainstate import Activation, BlockResult, BlockStatus, ChainState, WorkCheck
+from consensus.clock import PHASE_2, get_phase2_start, get_phase_point
+from consensus.rules import (
+    get_commit_task_ids,
+    get_scheduled_task_id,
+    is_key_for_task,
+    is_standing_task,
+)
+from mempool.claimpool import ClaimPool
+from mempool.commitpool import CommitPool
+from mempool.errors import MempoolReject
+from mempool.txpool import TxPool
+from pouw.types import (
+    KEY_TEST,
+    KEY_TRAIN,
+    MODE_NORMAL,
+    Block,
+    ChainParams,
+    Claim,
+    Commit,
+    KeyReveal,
+    TaskSubmission,
+    Transaction,
+)
+
+from fullnode.keys import KeyBook, PublisherKeyFiles
+
+log = logging.getLogger("pouw.node")
+
+MISBEHAVIOUR_CODES = frozenset({"malformed", "bad-signature", "invalid", "bad-key"})
+"""Verdict codes only a faulty or hostile sender earns (honest nodes can send the rest, e.g. a late commit)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The core's answer to a message (transaction, commit, claim, key reveal)."""
+
+    accepted: bool
+    """True when the message was taken in."""
+    code: str = ""
+    """Why not: a mempool reason code, "invalid" (a consensus rule), "unknown-task", "bad-key" ("" when accepted)."""
+    message: str = ""
+    """Human-readable detail."""
+    relay: bool = False
+    """Pass it on to peers."""
+
+    @property
+    def misbehaving(self) -> bool:
+        """True when the sender should be penalised for it."""
+        return self.code in MISBEHAVIOUR_CODES
+
+
+ACCEPTED = Verdict(True, relay=True)
+
+
+def reject_verdict(exc: MempoolReject) -> Verdict:
+    """The verdict for a pool's refusal."""
+    return Verdict(False, exc.reason, str(exc))
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What the clock asks of the node's adapters at one moment."""
+
+    reveals: tuple[KeyReveal, ...]
+    """Publisher keys whose moment came: already taken in, to be gossiped."""
+    verify_claims: bool
+    """Phase-2 claim verification of the current slot should start now."""
+
+
+class NodeCore:
+    """One node's consensus-facing state; see the module doc."""
+
+    def __init__(
+        self,
+        params: ChainParams,
+        chain: ChainState,
+        check_work: WorkCheck,
+        *,
+        key_files: PublisherKeyFiles | None = None,
+        claim_wait_seconds: float | None = None,
+        log_fn: Callable[[str], None] | None = None,
+    ):
+        self.params = params
+        self.chain = chain
+        self.check_work = check_work
+        self.lock = chain.lock
+        self.txpool = TxPool(params)
+        self.commits = CommitPool(params)
+        self.claims = ClaimPool(params, self.commits)
+        self.keys = KeyBook()
+        self.key_files = key_files
+        self.claim_wait_seconds = params.phase2_seconds / 3 if claim_wait_seconds is None else claim_wait_seconds
+        self.log = log_fn or (lambda msg: log.info(msg))
+        self._verified_slot = -1
+        self._last_phase: tuple[int, int] | None = None
+        chain.subscribe(self._on_activation)
+        if key_files is not None:
+            mine, problems = key_files.load()
+            self.keys.mine.update(mine)
+            for problem in problems:
+                self.log(problem)
+
+    # --- messages ------------------------------------------------------------------
+    def submit_transaction(self, tx: Transaction, now: float) -> Verdict:
+        """A transaction or task submission for the mempool."""
+        with self.lock:
+            try:
+                self.txpool.add(tx, self.chain.state())
+            except MempoolReject as exc:
+                return reject_verdict(exc)
+        return ACCEPTED
+
+    def submit_commit(self, commit: Commit, now: float) -> Verdict:
+        """A Phase-1 commit for the next height."""
+        with self.lock:
+            status = self.chain.state().get_status()
+            try:
+                self.commits.add(commit, now=now, tip_height=status.height, expected_task_id=get_commit_task_ids(status, self.params))
+            except MempoolReject as exc:
+                return reject_verdict(exc)
+        return ACCEPTED
+
+    def submit_claim(self, claim: Claim, now: float) -> Verdict:
+        """A Phase-2 claim: the pool's checks, then every rule the block can be checked by without its blobs."""
+        block = claim.block
+        with self.lock:
+            try:
+                self.claims.check(claim, now=now)
+            except MempoolReject as exc:
+                return reject_verdict(exc)
+            checked = self.chain.check_new_block(block, now)
+            if isinstance(checked, BlockResult):
+                if checked.status is BlockStatus.INVALID:
+                    return Verdict(False, "invalid", f"claim rejected: {checked.reason}")
+                if checked.status is BlockStatus.KNOWN:
+                    return Verdict(False, "duplicate", "the claimed block is already known")
+                return Verdict(False, "wrong-parent", f"claim cannot be judged: {checked.reason}")
+            self.claims.add(claim, now=now)
+        return ACCEPTED
+
+    def submit_key_reveal(self, reveal: KeyReveal, now: float) -> Verdict:
+        """A task key revealed by its publisher; kept with the time it was first seen."""
+        if reveal.which not in (KEY_TRAIN, KEY_TEST):
+            return Verdict(False, "malformed", "unknown key kind")
+        with self.lock:
+            task = self.get_task(reveal.task_id)
+            if task is None:
+                return Verdict(False, "unknown-task", "no such task is known here yet")
+            if not is_key_for_task(task, reveal.which, reveal.key):
+                return Verdict(False, "bad-key", "the key does not match the task's commitment")
+            if not self.keys.record(reveal.task_id, reveal.which, reveal.key, now):
+                return Verdict(False, "duplicate", "key already known")
+        return ACCEPTED
+
+    def add_publisher_keys(self, task_id: bytes, train_key: bytes, test_key: bytes) -> None:
+        """Keep a publisher's keys to reveal each at its moment; raises LookupError or ValueError."""
+        with self.lock:
+            task = self.get_task(task_id)
+            if task is None:
+                raise LookupError("the node knows no such task (send the submission first)")
+            if not (is_key_for_task(task, KEY_TRAIN, train_key) and is_key_for_task(task, KEY_TEST, test_key)):
+                raise ValueError("the keys do not match the task's key commitments")
+            self.keys.mine[task_id] = {KEY_TRAIN: train_key, KEY_TEST: test_key}
+        if self.key_files is not None:
+            self.key_files.save(task_id, train_key, test_key)
+
+    # --- blocks ----------------------------------------------------------------------
+    def is_claim(self, block: Block, now: float) -> bool:
+        """True for a block of the slot being decided now: it is judged as a claim (its commit must be known)."""
+        point = get_phase_point(self.params, now)
+        return block.header.slot == point.slot and point.phase == PHASE_2
+
+    def process_block(self, block: Block, now: float) -> BlockResult:
+        """A block from a peer, sync or a claim being verified: the chain state's one road."""
+        return self.chain.process_new_block(block, now, self.check_work)
+
+    def verify_claims(self, now: float) -> BlockResult | None:
+        """Verify the current slot's claims from the best down; returns the result of the first valid one, if any."""
+        slot = get_phase_point(self.params, now).slot
+        while True:
+            with self.lock:
+                claim = self._next_claim(slot)
+                if claim is None:
+                    return None
+            block = claim.block
+            result = self.process_block(block, now)
+            with self.lock:
+                if result.is_valid:
+                    self.claims.mark_verified(block.hash)
+                    return result
+                self.claims.mark_rejected(block.hash, result.reason)
+            self.log(f"claim {block.hash.hex()[:12]} of miner {block.header.miner.hex()[:12]} rejected: {result.reason}")
+
+    def _next_claim(self, slot: int) -> Claim | None:
+        """The best claim of `slot` not yet judged, unless the chain already holds one at least as good."""
+        ranked = [c for c in self.claims.ranked(slot=slot) if not self.claims.is_verified(c.block.hash)]
+        ranked.sort(key=lambda c: (self._mode_rank(c), -c.block.header.dice_ppm, c.block.hash))
+        for claim in ranked:
+            header = claim.block.header
+            current = self.chain.get_hash_at(header.height)
+            if current is not None and current != claim.block.hash:
+                if header.dice_ppm <= self.chain.get_block(current).header.dice_ppm:
+                    return None
+            return claim
+        return None
+
+    def _mode_rank(self, claim: Claim) -> int:
+        """0 for the mode this node's keys call for; claims in other modes are tried after."""
+        header = claim.block.header
+        if is_standing_task(self.params, header.task_id):
+            return 0
+        have = {w for w in (KEY_TRAIN, KEY_TEST) if self.keys.get(header.task_id, w) is not None}
+        if have == {KEY_TRAIN, KEY_TEST}:
+            return 0 if header.task_mode == MODE_NORMAL else 1
+        return 0
+
+    def _on_activation(self, activation: Activation) -> None:
+        """The best chain moved (called under the lock): the mempool follows."""
+        state = self.chain.state()
+        for block in activation.disconnected:
+            self.txpool.readd_for_disconnect(block, state)
+        for block in activation.connected:
+            self.txpool.remove_for_block(block, state)
+        header = self.chain.get_tip().header
+        self.log(
+            f"block {header.height} {header.hash.hex()[:12]} task {header.task_id.hex()[:12]} mode {header.task_mode} "
+            f"winner {header.miner.hex()[:12]} dice {header.dice_ppm / 1e6:.4f}"
+        )
+
+    # --- the clock ---------------------------------------------------------------------
+    def get_claim_start(self, slot: int) -> float:
+        """When claim verification of `slot` starts: `claim_wait_seconds` into its Phase 2."""
+        return get_phase2_start(self.params, slot) + self.claim_wait_seconds
+
+    def is_verification_window(self, now: float) -> bool:
+        """True from the claim start of the current slot until the slot ends."""
+        point = get_phase_point(self.params, now)
+        return point.phase == PHASE_2 and now >= self.get_claim_start(point.slot)
+
+    def tick(self, now: float) -> Tick:
+        """Reveal due publisher keys, tidy the pools at phase changes, and say whether verification is due."""
+        reveals = self._reveal_due_keys(now)
+        point = get_phase_point(self.params, now)
+        with self.lock:
+            if self._last_phase != (point.slot, point.phase):
+                self._last_phase = (point.slot, point.phase)
+                keep = self.chain.tip_height
+                self.commits.prune(keep)
+                self.claims.prune(keep)
+            due = self.is_verification_window(now) and point.slot != self._verified_slot
+            if due:
+                self._verified_slot = point.slot
+        return Tick(tuple(reveals), due)
+
+    def _reveal_due_keys(self, now: float) -> list[KeyReveal]:
+        """The publisher keys of the next height's task whose moment has come: training at t(s,a), test at t(s,b)."""
+        with self.lock:
+            status = self.chain.state().get_status()
+            task_id = get_scheduled_task_id(status)
+            mine = self.keys.mine.get(task_id)
+            point = get_phase_point(self.params, now)
+            if not mine or point.slot < status.min_slot:
+                return []
+            due = [KEY_TRAIN] + ([KEY_TEST] if point.phase == PHASE_2 else [])
+            reveals = []
+            for which in due:
+                if (task_id, which) in self.keys.published:
+                    continue
+                self.keys.published.add((task_id, which))
+                reveal = KeyReveal(task_id, which, mine[which])
+                self.keys.record(task_id, which, reveal.key, now)
+                reveals.append(reveal)
+                self.log(f"revealed the {'training' if which == KEY_TRAIN else 'test'} key of task {task_id.hex()[:12]}")
+            return reveals
+
+    # --- what adapters ask ----------------------------------------------------------------
+    def get_task(self, task_id: bytes) -> TaskSubmission | None:
+        """A task submission known to the chain or waiting in the mempool."""
+        with self.lock:
+            record = self.chain.state().get_task(task_id)
+            if record is not None:
+                return record.submission
+            return self.txpool.tasks.get(task_id)
+
+    def get_block_template(self) -> BlockTemplate:
+        """A template on the current tip with the best-paying valid transactions."""
+        with self.lock:
+            state = self.chain.state()
+            txs = self.txpool.select_for_block(state, self.params.max_block_transactions)
+            return make_block_template(state, self.params, tuple(txs))

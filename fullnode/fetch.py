@@ -1,0 +1,101 @@
+"""Getting the blobs a block's verification needs, and checking its work: step 6 of the block road.
+
+Only blocks that passed every rule that needs no blobs reach this room
+(`consensus.chainstate.check_new_block` runs first), so a peer cannot make
+the node download anything for a block that breaks a cheap rule.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from consensus.chainstate import Candidate, MissingData
+from consensus.rules import get_task_submission, is_high_accuracy
+from consensus.work import get_blob_digests, verify_block_work
+from fullnode.config import VERIFY_ALL, VERIFY_HIGH, VERIFY_MODES
+from pouw.blobstore import BlobError, BlobStore
+from pouw.types import Block, ChainParams, TaskSubmission
+
+
+
+@dataclass(frozen=True)
+class BlobWant:
+    """A blob to fetch and where it may be."""
+
+    digest: bytes
+    """SHA-256 of the blob."""
+    links: tuple[str, ...]
+    """Where to try, in order."""
+
+
+class BlobFetcher:
+    """Fetches blobs into the node's store from their links, then from peers' blob servers."""
+
+    def __init__(self, blobs: BlobStore):
+        self.blobs = blobs
+        self.peer_urls: dict[str, str] = {}
+        """peer id -> base URL of its HTTP blob server (learnt from status messages)."""
+        self.fetched_bytes = 0
+        """Bytes downloaded so far (for metrics)."""
+
+    def get_links(self, digest: bytes, links: tuple[str, ...]) -> tuple[str, ...]:
+        """The given links, then every known peer's blob server."""
+        return tuple(links) + tuple(f"{url}/blob/{digest.hex()}" for url in self.peer_urls.values())
+
+    def fetch_all(self, wants: list[BlobWant]) -> None:
+        """Make every wanted blob present in the store; raises MissingData naming the first that cannot be had."""
+        for want in wants:
+            if self.blobs.has(want.digest):
+                continue
+            last: Exception | None = None
+            for link in self.get_links(want.digest, want.links):
+                try:
+                    self.blobs.fetch(link, want.digest)
+                    self.fetched_bytes += self.blobs.size(want.digest)
+                    break
+                except BlobError as exc:
+                    last = exc
+            else:
+                raise MissingData(f"blob {want.digest.hex()[:16]} is not available from any link ({last})")
+
+
+def get_blob_wants(task: TaskSubmission | None, block: Block) -> list[BlobWant]:
+    """What verifying `block` needs: the task's dataset blobs (from the task's links), the model and checkpoints (from the work's)."""
+    header, work = block.header, block.body.work
+    task_links = {} if task is None else {b.digest: tuple(b.links) for b in (task.train_blob, task.test_blob)}
+    work_links = tuple(base.rstrip("/") + "/" for base in work.links)
+    wants = []
+    for digest in get_blob_digests(task, header.task_mode, block):
+        links = task_links.get(digest) or tuple(urllib.parse.urljoin(b, f"blob/{digest.hex()}") for b in work_links)
+        wants.append(BlobWant(digest, links))
+    return wants
+
+
+class WorkChecker:
+    """This node's work check for `ChainState.process_new_block`: policy, fetch, then verify."""
+
+    def __init__(self, params: ChainParams, blobs: BlobStore, fetcher: BlobFetcher, workdir: Path, policy: str = VERIFY_ALL):
+        if policy not in VERIFY_MODES:
+            raise ValueError(f"unknown verification policy {policy!r}")
+        self.params = params
+        self.blobs = blobs
+        self.fetcher = fetcher
+        self.workdir = Path(workdir)
+        self.policy = policy
+        self.verified = 0
+        """Blocks whose work this node recomputed (for metrics)."""
+
+    def is_work_checked(self, block: Block) -> bool:
+        """True when the policy recomputes this block's Dice."""
+        return not (self.policy == VERIFY_HIGH and not is_high_accuracy(block, self.params))
+
+    def __call__(self, candidate: Candidate) -> None:
+        block = candidate.block
+        if not self.is_work_checked(block):
+            return
+        task = get_task_submission(candidate.parent_state, self.params, block.header.task_id)
+        self.fetcher.fetch_all(get_blob_wants(task, block))
+        verify_block_work(block, candidate.parent_state, self.params, self.blobs, self.workdir)
+        self.verified += 1

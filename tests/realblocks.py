@@ -1,0 +1,52 @@
+"""Real blocks for node tests: the standing task trained with the real trainer, scored, committed and signed.
+
+What the miner does in a round, without its clock: `mine_standing_block`
+trains the standing task of the next height for a couple of seconds, puts
+the model and checkpoints into the miner's blob store, and builds the block
+on a template, so a full node that receives it fetches the blobs and
+verifies the work for real.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from consensus.assemble import complete_block, make_block_template, make_commit
+from consensus.clock import get_phase2_start
+from consensus.rules import compute_training_seed, get_scheduled_task_id, is_standing_task
+from consensus.state import State
+from consensus.work import get_work_data
+from pouw.blobstore import BlobStore
+from pouw.keys import KeyPair
+from pouw.seg.dice import evaluate
+from pouw.seg.train import train
+from pouw.types import MODE_NORMAL, Block, ChainParams, Transaction, WorkProof
+
+
+def mine_standing_block(
+    state: State,
+    params: ChainParams,
+    keypair: KeyPair,
+    blobs: BlobStore,
+    link: str,
+    workdir: Path,
+    *,
+    slot: int | None = None,
+    transactions: tuple[Transaction, ...] = (),
+    seconds: float = 4.0,
+) -> Block:
+    """A real block for the next height on `state`, whose task must be the standing task."""
+    status = state.get_status()
+    assert is_standing_task(params, get_scheduled_task_id(status)), "the next height does not mine the standing task"
+    slot = status.min_slot if slot is None else slot
+    data = get_work_data(None, params, status.tip_hash, MODE_NORMAL, {}, blobs, workdir)
+    seed = compute_training_seed(status.tip_hash, keypair.public_key)
+    result = train(data.model, data.train, data.train_set, seed, time.time() + seconds, blobs, progress=False, num_threads=1)
+    blobs.put_bytes(result.model_file)
+    dice = evaluate(result.model_file, data.model, data.score_set).dice_ppm
+    commit = make_commit(keypair, status.height + 1, slot, get_scheduled_task_id(status), result.model_digest)
+    work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (link,), dice)
+    template = make_block_template(state, params, tuple(transactions))
+    timestamp = get_phase2_start(params, slot) + 1
+    return complete_block(template, params, keypair, slot=slot, timestamp=timestamp, commit=commit, work=work, task=None)
