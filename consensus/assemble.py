@@ -66,7 +66,8 @@ def make_block_template(state: State, params: ChainParams, transactions: tuple[T
         process_transaction(trial, tx, height, params)
     # The queue after the block does not depend on the header beyond its height and slot.
     placeholder = BlockHeader(height, status.min_slot, status.tip_hash, ZERO_HASH, 0, 0, task_id, 0, ZERO_HASH, ZERO_HASH, 0, ZERO_SIGNATURE)
-    root = compute_unselected_root(process_schedule(trial, placeholder, params))
+    empty = BlockBody(transactions=(), key_reveals=(), commit=None, work=None)
+    root = compute_unselected_root(process_schedule(trial, placeholder, empty, params))
     return BlockTemplate(height, status.tip_hash, status.min_slot, task_id, tuple(transactions), root)
 
 

@@ -5,8 +5,10 @@ Modelled on Bitcoin Core's CChainState. A block takes one road
 
   1. already known?                       -> KNOWN (or INVALID with the stored reason)
   2. context-free checks (`check_block`)  -> INVALID
-  3. the local clock: a block from a Phase 2 that has not begun -> INVALID, not remembered
-  4. the parent: unknown -> MISSING (retry when it comes); invalid -> INVALID
+  3. the local clock: a block from a Phase 2 that has not begun -> REFUSED (not remembered)
+  4. the parent: unknown -> MISSING (retry when it comes); invalid -> INVALID;
+     forking more than `finality_depth` below the tip -> REFUSED (an operator
+     decides such splits: `invalidate_block` / `reconsider_block`)
   5. the rules against the parent's state (`apply_block` on an overlay) -> INVALID
   6. the work check handed in by the caller: fetch what verification needs,
      recompute the Dice and replay the training -> INVALID, or MISSING when a
@@ -102,6 +104,8 @@ class BlockStatus(enum.Enum):
     """Breaks a rule (see the reason); never relayed."""
     MISSING = "missing"
     """Cannot be judged yet (parent or blobs missing); retry later."""
+    REFUSED = "refused"
+    """Not taken by this node now, without a verdict on its rules: from the future, or beyond the finality window."""
     KNOWN = "known"
     """Already stored."""
 
@@ -120,6 +124,8 @@ class BlockResult:
     """Blocks connected to the best chain by this call, in order."""
     disconnected: tuple[Block, ...] = ()
     """Blocks disconnected from the best chain by this call, tip first."""
+    sender_at_fault: bool = False
+    """True when whoever sent the block broke a rule no honest node breaks (invalid, or stamped in the future)."""
 
     @property
     def is_valid(self) -> bool:
@@ -333,8 +339,9 @@ class ChainState:
                 return self.reject(block_hash, str(exc))
             if is_block_from_future(self.params, header.timestamp, now):
                 return BlockResult(
-                    BlockStatus.INVALID, block_hash,
+                    BlockStatus.REFUSED, block_hash,
                     f"block from the future: stamped {header.timestamp - now:.0f} s ahead of this node's clock",
+                    sender_at_fault=True,
                 )
             parent = self.get_index(header.prev_hash)
             if parent is None:
@@ -344,6 +351,14 @@ class ChainState:
                 return BlockResult(BlockStatus.MISSING, block_hash, "parent block is unknown")
             if parent.status == INDEX_INVALID:
                 return self.reject(block_hash, "parent block is invalid")
+            depth = self.get_fork_depth(header.prev_hash)
+            if depth > self.params.finality_depth:
+                return BlockResult(
+                    BlockStatus.REFUSED, block_hash,
+                    f"block {header.height} forks {depth} blocks below the tip, deeper than the finality window of "
+                    f"{self.params.finality_depth}; if this node is on the wrong side of a split, an operator must "
+                    "`pouw chain invalidate` its first block of the split",
+                )
             parent_state = self.get_state_after(header.prev_hash)
             try:
                 apply_block(parent_state.child(), block, self.params, self.sigcheck)
@@ -370,7 +385,7 @@ class ChainState:
     def store_valid_block(self, block: Block, parent: BlockIndex) -> BlockIndex:
         """Write a validated block and its index record (one batch); does not connect it."""
         header = block.header
-        score = compute_child_score(parent.score, header, self.params)
+        score = compute_child_score(parent.score, block, self.params)
         index = BlockIndex(header.height, header.prev_hash, header.slot, score, INDEX_VALID, "")
         batch = self.db.batch()
         batch.put_block(block.hash, encode(block))
@@ -384,7 +399,7 @@ class ChainState:
         self._invalid.move_to_end(block_hash)
         while len(self._invalid) > MAX_REMEMBERED_INVALID:
             self._invalid.popitem(last=False)
-        return BlockResult(BlockStatus.INVALID, block_hash, reason)
+        return BlockResult(BlockStatus.INVALID, block_hash, reason, sender_at_fault=True)
 
     # --- state of a side branch --------------------------------------------------------
     def get_branch(self, block_hash: bytes) -> tuple[list[bytes], bytes]:
@@ -394,6 +409,18 @@ class ChainState:
             branch.append(block_hash)
             block_hash = self.get_index(block_hash).prev_hash
         return list(reversed(branch)), block_hash
+
+    def get_fork_depth(self, block_hash: bytes) -> int:
+        """How far below the tip a stored block's branch leaves the best chain (0 for a block on it)."""
+        tip = self.tip_height
+        steps = 0
+        while not self.is_on_best_chain(block_hash):
+            index = self.get_index(block_hash)
+            block_hash = index.prev_hash
+            steps += 1
+            if steps > tip + 1:
+                break
+        return tip - self.get_index(block_hash).height
 
     def get_state_after(self, block_hash: bytes) -> State:
         """A read overlay of the state right after a stored valid block.
@@ -468,31 +495,36 @@ class ChainState:
         batch.commit()
         return block
 
-    def get_best_candidate(self) -> bytes:
-        """Hash of the best-scoring valid stored block (a full scan of the index)."""
+    def get_best_candidate(self, max_depth: int | None = None) -> bytes:
+        """Hash of the best-scoring valid stored block within `max_depth` of the tip (a full scan of the index)."""
         best_hash, best = self.tip_hash, self.get_tip_score()
         for block_hash, index in self.iter_index():
             if index.status == INDEX_VALID and is_better(index.score, best):
-                best_hash, best = block_hash, index.score
+                if max_depth is None or self.get_fork_depth(block_hash) <= max_depth:
+                    best_hash, best = block_hash, index.score
         return best_hash
 
-    def activate_best_chain(self, hint: bytes | None = None) -> Activation:
+    def activate_best_chain(self, hint: bytes | None = None, max_depth: int | None = -1) -> Activation:
         """Move the connected tip to the best valid stored block; returns what was connected and disconnected.
 
         `hint` (a block just stored) spares a scan of the index: only it can
-        have become better than the tip. Every stored block was validated
+        have become better than the tip. Branches forking deeper than
+        `max_depth` (default: the finality depth; None: any, for an operator's
+        command) are not switched to. Every stored block was validated
         before it was stored, so a switch only fails if the database was
         damaged; then the block is marked invalid with its descendants and
         the search starts again.
         """
+        depth_limit = self.params.finality_depth if max_depth == -1 else max_depth
         with self.lock:
             connected: list[Block] = []
             disconnected: list[Block] = []
             while True:
-                best = self.get_best_candidate() if hint is None else hint
+                best = self.get_best_candidate(depth_limit) if hint is None else hint
                 hint = None
                 index = self.get_index(best)
-                if best == self.tip_hash or index is None or not is_better(index.score, self.get_tip_score()):
+                too_deep = depth_limit is not None and index is not None and self.get_fork_depth(best) > depth_limit
+                if best == self.tip_hash or index is None or too_deep or not is_better(index.score, self.get_tip_score()):
                     activation = Activation(tuple(connected), tuple(disconnected))
                     if connected or disconnected:
                         for listener in self._listeners:
@@ -510,6 +542,57 @@ class ChainState:
                         self.mark_invalid(block_hash, f"failed to connect: {exc}")
                         break
                     connected.append(block)
+
+    def invalidate_block(self, block_hash: bytes, reason: str = "invalidated by the operator") -> Activation:
+        """An operator's `invalidateblock`: mark a stored block and its descendants invalid and leave them.
+
+        The tip moves back below the block and then to the best remaining
+        valid branch, however deep (the operator decided this split).
+        """
+        with self.lock:
+            index = self.get_index(block_hash)
+            if index is None:
+                raise LookupError("no such block is stored")
+            if index.height == 0:
+                raise ValueError("genesis cannot be invalidated")
+            on_best = self.is_on_best_chain(block_hash)
+            self.mark_invalid(block_hash, reason)
+            disconnected: list[Block] = []
+            if on_best:
+                while self.tip_height >= index.height:
+                    disconnected.append(self.disconnect_tip())
+            if disconnected:
+                for listener in self._listeners:
+                    listener(Activation((), tuple(disconnected)))
+            activation = self.activate_best_chain(max_depth=None)
+            return Activation(activation.connected, tuple(disconnected) + activation.disconnected)
+
+    def reconsider_block(self, block_hash: bytes) -> Activation:
+        """An operator's `reconsiderblock`: clear the invalid marks of a block, its ancestors and descendants, then take the best chain, however deep."""
+        with self.lock:
+            if self.get_index(block_hash) is None:
+                raise LookupError("no such block is stored")
+            children: dict[bytes, list[bytes]] = {}
+            for child_hash, index in self.iter_index():
+                children.setdefault(index.prev_hash, []).append(child_hash)
+            family = [block_hash]
+            queue = list(children.get(block_hash, []))
+            while queue:
+                child = queue.pop()
+                family.append(child)
+                queue.extend(children.get(child, []))
+            ancestor = self.get_index(block_hash).prev_hash
+            while (index := self.get_index(ancestor)) is not None and index.status == INDEX_INVALID:
+                family.append(ancestor)
+                ancestor = index.prev_hash
+            batch = self.db.batch()
+            for h in family:
+                index = self.get_index(h)
+                if index.status == INDEX_INVALID:
+                    batch.put_index(h, encode(replace(index, status=INDEX_VALID, reason="")))
+                self._invalid.pop(h, None)
+            batch.commit()
+            return self.activate_best_chain(max_depth=None)
 
     def mark_invalid(self, block_hash: bytes, reason: str) -> list[bytes]:
         """Mark a stored block and all its stored descendants invalid (one batch); returns their hashes."""

@@ -11,11 +11,18 @@ import hashlib
 from consensus.assemble import assemble_block, make_commit
 from consensus.clock import get_phase2_start
 from consensus.genesis import COIN, make_devnet_params
-from consensus.rules import get_work_task_id
+from consensus.rules import (
+    compute_required_mode,
+    get_scheduled_task_id,
+    get_work_task_id,
+    is_fresh_slot,
+    is_standing_task,
+)
 from consensus.state import State
 from pouw.keys import KeyPair
 from pouw.types import (
-    MODE_NORMAL,
+    KEY_TEST,
+    KEY_TRAIN,
     Allocation,
     Block,
     BlobRef,
@@ -79,27 +86,38 @@ def make_next_block(
     transactions: tuple[Transaction, ...] = (),
     dice_ppm: int = 900_000,
     slot: int | None = None,
-    task_mode: int = MODE_NORMAL,
     task_labels: dict[bytes, str] | None = None,
+    carry_test_key: bool = True,
+    carry_next_train_key: bool = True,
+    task_mode: int | None = None,
     salt: bytes = b"",
 ) -> Block:
     """A structurally valid child of the state's tip mined by `miner`.
 
     `task_labels` maps task ids to the labels their keys were made from, so
-    the block can reveal the selected task's keys.
+    the block can carry the keys due in its slot: its own task's test key
+    (unless `carry_test_key` is False) and the next task's training key
+    (unless `carry_next_train_key` is False). The mode is the one the chain
+    dictates (`compute_required_mode`) unless `task_mode` forces another.
     """
     status = state.get_status()
     height = status.height + 1
     slot = status.min_slot if slot is None else slot
-    task_id = get_work_task_id(params, status.scheduled[0].task_id, task_mode)
+    labels = task_labels or {}
+    selected, upcoming = get_scheduled_task_id(status), status.scheduled[1].task_id
+    reveals: list[KeyReveal] = []
+    can_score = (not is_standing_task(params, selected) and selected in labels and is_fresh_slot(status, slot)
+                 and bool(status.train_key))
+    if carry_test_key and can_score:
+        reveals.append(KeyReveal(selected, KEY_TEST, make_task_keys(labels[selected])[1]))
+    if carry_next_train_key and not is_standing_task(params, upcoming) and upcoming in labels:
+        reveals.append(KeyReveal(upcoming, KEY_TRAIN, make_task_keys(labels[upcoming])[0]))
+    if task_mode is None:
+        task_mode = compute_required_mode(params, status, selected, slot, bool(reveals) and reveals[0].which == KEY_TEST)
+    task_id = get_work_task_id(params, selected, task_mode)
     model_digest = hashlib.sha256(b"model/" + status.tip_hash + miner.public_key + salt).digest()
     commit = make_commit(miner, height, slot, task_id, model_digest)
     work = WorkProof(model_digest, 1234, (hashlib.sha256(model_digest).digest(),), ("http://127.0.0.1:1",), dice_ppm)
-    reveals: tuple[KeyReveal, ...] = ()
-    selected = status.scheduled[0].task_id
-    if selected != params.standing_task.task_id and task_labels and selected in task_labels:
-        train_key, test_key = make_task_keys(task_labels[selected])
-        reveals = {0: (KeyReveal(selected, 0, train_key), KeyReveal(selected, 1, test_key)), 1: (), 2: (KeyReveal(selected, 0, train_key),)}[task_mode]
     return assemble_block(
         state,
         params,
@@ -109,6 +127,6 @@ def make_next_block(
         commit=commit,
         work=work,
         transactions=transactions,
-        key_reveals=reveals,
+        key_reveals=tuple(reveals),
         task_mode=task_mode,
     )

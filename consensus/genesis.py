@@ -33,7 +33,12 @@ def make_devnet_params(
     phase2_seconds: int = 10,
     name: str = "devnet",
 ) -> ChainParams:
-    """A devnet: short phases, small standing task, a 5 s clock tolerance as in the paper."""
+    """A devnet: short phases, small standing task, tasks mature after 3 blocks, reorganisations at most 2 deep.
+
+    The minimum task reward equals the block reward: a task's escrow then
+    covers what its block would mint, which the economics rely on
+    (docs/security.md).
+    """
     return ChainParams(
         name=name,
         genesis_time=int(time.time()) if genesis_time is None else genesis_time,
@@ -45,8 +50,10 @@ def make_devnet_params(
         max_block_size=4 * 1024 * 1024,
         max_block_transactions=20_000,
         max_unselected_tasks=1_000,
-        min_task_reward=1 * COIN,
+        min_task_reward=50 * COIN,
         high_accuracy_ppm=800_000,
+        task_maturity_blocks=3,
+        finality_depth=2,
         dice_tolerance_ppm=1_000,
         standing_task=make_standing_task(patch=32, train_count=32, test_count=16),
         allocations=tuple(allocations),
@@ -70,8 +77,10 @@ def make_main_params() -> ChainParams:
         max_block_size=4 * 1024 * 1024,
         max_block_transactions=20_000,
         max_unselected_tasks=10_000,
-        min_task_reward=1 * COIN,
+        min_task_reward=50 * COIN,
         high_accuracy_ppm=800_000,
+        task_maturity_blocks=12,
+        finality_depth=6,
         dice_tolerance_ppm=1_000,
         standing_task=make_standing_task(patch=64, train_count=128, test_count=32, max_epochs=100),
         allocations=(),

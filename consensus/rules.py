@@ -12,7 +12,10 @@ from pouw.blobcrypt import is_key_for
 from pouw.encoding import encode, sha256
 from pouw.types import (
     KEY_TRAIN,
+    MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
+    MODE_NORMAL,
+    MODE_STALE,
     BlobRef,
     Block,
     BlockBody,
@@ -103,8 +106,8 @@ def compute_work_payload(model_digest: bytes, train_data_digest: bytes, task_id:
 
 
 def is_standing_work(task: TaskSubmission | None, task_mode: int) -> bool:
-    """True when a block's model trains (and is scored) on the standing task's synthetic data: no task, or mode 1."""
-    return task is None or task_mode == MODE_NO_TRAIN_KEY
+    """True when a block's model trains (and is scored) on the standing task's synthetic data: no task, mode 1 or 3."""
+    return task is None or task_mode in (MODE_NO_TRAIN_KEY, MODE_STALE)
 
 
 def get_train_data_digest(prev_hash: bytes, task_mode: int, task: TaskSubmission | None) -> bytes:
@@ -148,14 +151,62 @@ def get_commit_task_ids(status: ChainStatus, params: ChainParams) -> frozenset[b
 
 
 def get_work_task_id(params: ChainParams, selected_task_id: bytes, task_mode: int) -> bytes:
-    """The task a model is trained on (and its commit names): the standing task in MODE_NO_TRAIN_KEY, else the selected one."""
-    return params.standing_task.task_id if task_mode == MODE_NO_TRAIN_KEY else selected_task_id
+    """The task a model is trained on (and its commit names): the standing task in modes 1 and 3, else the selected one."""
+    return params.standing_task.task_id if task_mode in (MODE_NO_TRAIN_KEY, MODE_STALE) else selected_task_id
+
+
+def is_fresh_slot(status: ChainStatus, slot: int) -> bool:
+    """True when `slot` is the one right after the tip's: the only slot whose block may score the task on its test set.
+
+    The test key of a height's task is revealed in Phase 2 of that slot; once
+    it has passed without a block, the test set may be public, so no model
+    trained afterwards may be scored on it (MODE_STALE).
+    """
+    return slot == status.min_slot
+
+
+def compute_required_mode(params: ChainParams, status: ChainStatus, task_id: bytes, slot: int, carries_test_key: bool) -> int:
+    """The mode the chain dictates for the next block: the miner chooses only whether it carries the test key.
+
+    The standing task has no keys (mode 0). A published task is stale in any
+    slot but the one right after the tip's (mode 3); without its training key
+    on chain (carried by the tip) it falls back to the standing task (mode 1);
+    otherwise it is scored on its test set if the block carries the test key
+    (mode 0), else on its training set (mode 2).
+    """
+    if is_standing_task(params, task_id):
+        return MODE_NORMAL
+    if not is_fresh_slot(status, slot):
+        return MODE_STALE
+    if not status.train_key:
+        return MODE_NO_TRAIN_KEY
+    return MODE_NORMAL if carries_test_key else MODE_NO_TEST_KEY
+
+
+def compute_forfeit(escrow: int, params: ChainParams) -> int:
+    """What a task whose training key never reached the chain loses (burned): at least what its block mints."""
+    return min(escrow, params.block_reward)
+
+
+def is_minting(header: BlockHeader, params: ChainParams) -> bool:
+    """True when a block mints the block reward: only standing-task work does (published tasks pay their escrow)."""
+    return is_standing_task(params, header.task_id) or header.task_mode in (MODE_NO_TRAIN_KEY, MODE_STALE)
+
+
+def is_useful(header: BlockHeader, params: ChainParams) -> bool:
+    """True when a block served its scheduled published task with both keys: its Dice is comparable across branches."""
+    return header.height > 0 and header.task_mode == MODE_NORMAL and not is_standing_task(params, header.task_id)
 
 
 def is_high_accuracy(block: Block | BlockHeader, params: ChainParams) -> bool:
-    """True when a block's verified Dice reaches the chain's high-accuracy threshold."""
+    """True when a useful block's verified Dice reaches the chain's high-accuracy threshold."""
     header = block.header if isinstance(block, Block) else block
-    return header.height > 0 and header.dice_ppm >= params.high_accuracy_ppm
+    return is_useful(header, params) and header.dice_ppm >= params.high_accuracy_ppm
+
+
+def compute_tie_value(prev_hash: bytes, miner: bytes) -> bytes:
+    """What decides between equal claims (lower wins): fixed by the parent and the miner's committed key, not grindable."""
+    return sha256(b"pouw/tie/v1\x00" + prev_hash + miner)
 
 
 # --- task status: one vocabulary for RPC, listings and the explorer ---------------
@@ -168,8 +219,10 @@ TASK_SCHEDULED = "scheduled"
 """Selected for a height that has not been mined yet."""
 TASK_MINED = "mined"
 """Its height was mined with its data (mode 0 or 2); the escrow went to the winner."""
-TASK_REFUNDED = "refunded"
-"""Its height fell back to the standing task (mode 1); the escrow went back to the publisher."""
+TASK_FORFEITED = "forfeited"
+"""Its training key never reached the chain (mode 1): part of the escrow was burned, the rest refunded."""
+TASK_EXPIRED = "expired"
+"""Its slot passed without a block, so its test set may be public (mode 3): the escrow was refunded."""
 TASK_UNKNOWN = "unknown"
 """Neither the chain nor the mempool knows it."""
 
@@ -179,7 +232,7 @@ class TaskStatus:
     """Where a published task stands in the chain state."""
 
     status: str
-    """TASK_WAITING, TASK_SCHEDULED, TASK_MINED, TASK_REFUNDED or TASK_UNKNOWN."""
+    """TASK_WAITING, TASK_SCHEDULED, TASK_MINED, TASK_FORFEITED, TASK_EXPIRED or TASK_UNKNOWN."""
     height: int
     """The height it is (or was) scheduled for; 0 while waiting or unknown."""
     record: TaskRecord | None
@@ -198,5 +251,5 @@ def get_task_status(state, task_id: bytes) -> TaskStatus:
     entry = state.get_history(record.selected_height)
     if entry is None or entry.task_id != task_id:
         return TaskStatus(TASK_SCHEDULED, record.selected_height, record, None)
-    done = TASK_REFUNDED if entry.task_mode == MODE_NO_TRAIN_KEY else TASK_MINED
+    done = {MODE_NO_TRAIN_KEY: TASK_FORFEITED, MODE_STALE: TASK_EXPIRED}.get(entry.task_mode, TASK_MINED)
     return TaskStatus(done, record.selected_height, record, entry)

@@ -17,6 +17,7 @@ from pouw.types import (
     DICE_SCALE,
     KEY_TEST,
     KEY_TRAIN,
+    MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_NORMAL,
     TASK_MODES,
@@ -45,11 +46,14 @@ from consensus.rules import (
     compute_commit_binding,
     compute_insert_queue,
     compute_unselected_root,
+    compute_forfeit,
+    compute_required_mode,
     compute_work_payload,
     get_scheduled_task_id,
     get_train_data_digest,
     get_work_task_id,
     is_key_for_task,
+    is_minting,
     is_standing_task,
 )
 from consensus.sigcheck import SERIAL, SignatureChecker
@@ -110,6 +114,7 @@ def get_genesis_status(params: ChainParams, genesis_hash: bytes) -> ChainStatus:
         tip_hash=genesis_hash,
         min_slot=0,
         scheduled=(ScheduledTask(1, standing), ScheduledTask(2, standing)),
+        train_key=b"",
         unselected=(),
         supply=supply,
     )
@@ -151,7 +156,7 @@ def apply_block(state: State, block: Block, params: ChainParams, sigcheck: Signa
     header, body = block.header, block.body
     validate_header_context(status, header)
     task = validate_selected_task(state, status, header, params)
-    validate_key_reveals(header, body, task)
+    validate_key_reveals(state, status, header, body, task, params)
     validate_work_task(header, body, task, params)
 
     bad = sigcheck.find_invalid(body.transactions)
@@ -165,7 +170,7 @@ def apply_block(state: State, block: Block, params: ChainParams, sigcheck: Signa
         fees = checked_add(fees, tx.fee, "fees")
 
     paid = process_rewards(state, header, task, fees, params)
-    new_status = process_schedule(state, header, params)
+    new_status = process_schedule(state, header, body, params)
     require(
         header.unselected_root == compute_unselected_root(new_status),
         "unselected_root does not match the unfinished tasks after this block",
@@ -234,23 +239,43 @@ def validate_selected_task(state: State, status: ChainStatus, header: BlockHeade
     require(scheduled.height == header.height, "state has no task scheduled for this height")
     require(header.task_id == get_scheduled_task_id(status), "task_id is not the task selected for this height")
     if is_standing_task(params, header.task_id):
-        require(header.task_mode == MODE_NORMAL, "the standing task has no keys to miss")
         return None
     record = state.get_task(header.task_id)
     require(record is not None, "selected task is unknown to the state")
     return record
 
 
-def validate_key_reveals(header: BlockHeader, body: BlockBody, task: TaskRecord | None) -> None:
-    """The body carries exactly the keys its mode needs, and each matches its commitment."""
-    if task is None or header.task_mode == MODE_NO_TRAIN_KEY:
-        require(len(body.key_reveals) == 0, "this block's mode carries no key reveals")
-        return
-    wanted = [KEY_TRAIN, KEY_TEST] if header.task_mode == MODE_NORMAL else [KEY_TRAIN]
-    require([r.which for r in body.key_reveals] == wanted, f"key reveals must be exactly {wanted} in order")
-    for reveal in body.key_reveals:
-        require(reveal.task_id == header.task_id, "key reveal names another task")
-        require(is_key_for_task(task.submission, reveal.which, reveal.key), "revealed key does not match its commitment")
+def validate_key_reveals(
+    state: State, status: ChainStatus, header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams
+) -> None:
+    """The keys due in this slot, and the mode they dictate.
+
+    The body carries, in this order: its own task's test key (that is what
+    makes it MODE_NORMAL, and it may do so only where the chain allows the
+    task to be scored: docs/protocol.md §5), then the training key of the
+    next height's task if that is a published task and the key was revealed.
+    Each matches its commitment. The header's mode must be the one
+    `compute_required_mode` derives: the miner cannot choose an easier one.
+    """
+    reveals = list(body.key_reveals)
+    carries_test = bool(reveals) and reveals[0].which == KEY_TEST
+    if carries_test:
+        own = reveals.pop(0)
+        require(task is not None, "the standing task has no test key")
+        require(own.task_id == header.task_id, "the test key reveal names another task")
+        require(is_key_for_task(task.submission, KEY_TEST, own.key), "revealed test key does not match its commitment")
+    required = compute_required_mode(params, status, header.task_id, header.slot, carries_test)
+    require(header.task_mode == required, f"task mode {header.task_mode} is not the mode {required} the chain dictates")
+    if carries_test:
+        require(required == MODE_NORMAL, "a test key may only be carried by a block that scores its task on it")
+    next_id = status.scheduled[1].task_id
+    if reveals:
+        nxt = reveals.pop(0)
+        require(nxt.which == KEY_TRAIN and nxt.task_id == next_id, "the second key reveal must be the next task's training key")
+        record = state.get_task(next_id)
+        require(record is not None and not is_standing_task(params, next_id), "the next height mines no published task")
+        require(is_key_for_task(record.submission, KEY_TRAIN, nxt.key), "revealed training key does not match its commitment")
+    require(not reveals, "too many key reveals")
 
 
 def validate_work_task(header: BlockHeader, body: BlockBody, task: TaskRecord | None, params: ChainParams) -> None:
@@ -316,40 +341,56 @@ def process_transaction(
 
 
 def process_rewards(state: State, header: BlockHeader, task: TaskRecord | None, fees: int, params: ChainParams) -> int:
-    """Pay the miner block reward + fees + escrow (refund the escrow in MODE_NO_TRAIN_KEY); returns the miner's pay."""
-    pay = checked_add(params.block_reward, fees, "miner pay")
+    """Pay the miner and settle the task's escrow; returns the miner's pay.
+
+    Only standing-task work mints the block reward (so dealing a task to
+    yourself earns nothing). Modes 0 and 2 pay the escrow to the miner; mode 1
+    burns `compute_forfeit` of it and refunds the rest; mode 3 refunds it all.
+    """
+    pay = checked_add(params.block_reward if is_minting(header, params) else 0, fees, "miner pay")
+    burned = 0
     if task is not None:
         escrow = task.escrow
         state.set_task(header.task_id, replace(task, escrow=0))
-        if header.task_mode == MODE_NO_TRAIN_KEY:
+        if header.task_mode in (MODE_NORMAL, MODE_NO_TEST_KEY):
+            pay = checked_add(pay, escrow, "miner pay")
+        else:
+            burned = compute_forfeit(escrow, params) if header.task_mode == MODE_NO_TRAIN_KEY else 0
             publisher = task.submission.publisher
             acct = state.get_account(publisher)
-            state.set_account(publisher, Account(checked_add(acct.balance, escrow, "refund"), acct.nonce))
-        else:
-            pay = checked_add(pay, escrow, "miner pay")
+            state.set_account(publisher, Account(checked_add(acct.balance, escrow - burned, "refund"), acct.nonce))
     miner = state.get_account(header.miner)
     state.set_account(header.miner, Account(checked_add(miner.balance, pay, "miner balance"), miner.nonce))
     status = state.get_status()
-    state.set_status(replace(status, supply=checked_add(status.supply, params.block_reward, "supply")))
+    minted = params.block_reward if is_minting(header, params) else 0
+    state.set_status(replace(status, supply=checked_add(status.supply, minted, "supply") - burned))
     return pay
 
 
-def process_schedule(state: State, header: BlockHeader, params: ChainParams) -> ChainStatus:
-    """Advance the tip and select the task of height h+2 from the queue as it stands after block h."""
+def process_schedule(state: State, header: BlockHeader, body: BlockBody, params: ChainParams) -> ChainStatus:
+    """Advance the tip, keep the next task's training key if this block carried it, and select the task of height h+2.
+
+    The task of height h+2 is the first task of the queue (reward, then id)
+    that was included at least `task_maturity_blocks` before this block; none
+    mature: the standing task. Maturity makes every branch a node may switch
+    to (at most `finality_depth` < maturity deep) train the same tasks.
+    """
     status = state.get_status()
-    queue = status.unselected
     target = header.height + 2
-    if queue:
-        chosen, queue = queue[0].task_id, queue[1:]
-        record = state.get_task(chosen)
-        state.set_task(chosen, replace(record, selected_height=target))
-    else:
-        chosen = params.standing_task.task_id
+    chosen, queue = params.standing_task.task_id, status.unselected
+    for index, entry in enumerate(status.unselected):
+        record = state.get_task(entry.task_id)
+        if record.submitted_height + params.task_maturity_blocks <= header.height:
+            chosen, queue = entry.task_id, status.unselected[:index] + status.unselected[index + 1:]
+            state.set_task(chosen, replace(record, selected_height=target))
+            break
+    next_train = [r.key for r in body.key_reveals if r.which == KEY_TRAIN]
     new_status = ChainStatus(
         height=header.height,
         tip_hash=header.hash,
         min_slot=header.slot + 1,
         scheduled=(status.scheduled[1], ScheduledTask(target, chosen)),
+        train_key=next_train[0] if next_train else b"",
         unselected=queue,
         supply=status.supply,
     )

@@ -26,6 +26,7 @@ from pouw.types import (
     MODE_NO_TEST_KEY,
     Block,
     ChainParams,
+    ChainStatus,
     TaskSubmission,
 )
 from consensus.rules import (
@@ -107,6 +108,15 @@ def get_work_data(
     return WorkData(task.model, task.train, train_set, score_set)
 
 
+def get_work_keys(parent_status: ChainStatus, block: Block) -> dict[int, bytes]:
+    """The keys that open a block's task data: the training key its parent carried, the test key it carries itself."""
+    keys = {KEY_TRAIN: parent_status.train_key} if parent_status.train_key else {}
+    for reveal in block.body.key_reveals:
+        if reveal.which == KEY_TEST and reveal.task_id == block.header.task_id:
+            keys[KEY_TEST] = reveal.key
+    return keys
+
+
 def verify_block_work(block: Block, state: State, params: ChainParams, blobs: BlobStore, workdir: Path) -> VerifyReport:
     """Recompute the block's Dice and spot-check its training; raises InvalidBlock.
 
@@ -119,7 +129,7 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
     task = get_task_submission(state, params, header.task_id)
     if task is None and not is_standing_task(params, header.task_id):
         raise InvalidBlock("selected task is unknown to the state")
-    keys = {r.which: r.key for r in body.key_reveals}
+    keys = get_work_keys(state.get_status(), block)
     data = get_work_data(task, params, header.prev_hash, header.task_mode, keys, blobs, workdir)
     test_key = keys.get(KEY_TEST, b"")
     try:
@@ -140,4 +150,4 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
         raise InvalidBlock(f"work: {exc.reason}") from None
 
 
-__all__ = ["WorkData", "get_blob_digests", "get_work_data", "load_task_split", "verify_block_work"]
+__all__ = ["WorkData", "get_blob_digests", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]

@@ -20,13 +20,6 @@ from pathlib import Path
 from pouw.encoding import DecodeError, decode, encode
 from pouw.types import ChainParams
 
-VERIFY_ALL = "all"
-"""Recompute the Dice of every block, and spot-check its training."""
-VERIFY_HIGH = "high"
-"""Verify only high-accuracy blocks (the paper's 4.6 option); others are checked by the rules alone."""
-VERIFY_MODES = (VERIFY_ALL, VERIFY_HIGH)
-
-
 class ConfigError(Exception):
     """A node configuration or data directory that cannot be used."""
 
@@ -49,8 +42,9 @@ class NodeConfig:
     """Blob HTTP server port (0: any free port)."""
     bootstrap: list[str] = field(default_factory=list)
     """Multiaddrs of peers to connect to at start."""
-    verify: str = VERIFY_ALL
-    """Which blocks get their Dice recomputed: VERIFY_ALL or VERIFY_HIGH."""
+    assume_valid: bytes | None = None
+    """A block known good (as bitcoind's -assumevalid): its ancestors buried deeper than the finality window skip the
+    Dice recomputation during sync; every other block, and every block near the tip, is fully verified."""
     claim_wait_seconds: float | None = None
     """How long into Phase 2 to gather claims before verifying (default: a third of Phase 2)."""
 

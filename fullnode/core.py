@@ -22,11 +22,11 @@ from typing import Callable
 from consensus.assemble import BlockTemplate, make_block_template
 from consensus.chainstate import Activation, BlockResult, BlockStatus, ChainState, WorkCheck
 from consensus.clock import PHASE_2, get_phase2_start, get_phase_point
+from consensus.forkchoice import ChainScore, compute_child_score, compute_genesis_score, get_score_key, is_better
 from consensus.rules import (
     get_commit_task_ids,
     get_scheduled_task_id,
     is_key_for_task,
-    is_standing_task,
 )
 from mempool.claimpool import ClaimPool
 from mempool.commitpool import CommitPool
@@ -35,7 +35,6 @@ from mempool.txpool import TxPool
 from pouw.types import (
     KEY_TEST,
     KEY_TRAIN,
-    MODE_NORMAL,
     Block,
     ChainParams,
     Claim,
@@ -197,6 +196,18 @@ class NodeCore:
         """A block from a peer, sync or a claim being verified: the chain state's one road."""
         return self.chain.process_new_block(block, now, self.check_work)
 
+    def invalidate_block(self, block_hash: bytes) -> Activation:
+        """The operator's invalidateblock (a call like any other: the chain state does the work)."""
+        activation = self.chain.invalidate_block(block_hash)
+        self.log(f"operator invalidated block {block_hash.hex()[:12]}; tip is now height {self.chain.tip_height}")
+        return activation
+
+    def reconsider_block(self, block_hash: bytes) -> Activation:
+        """The operator's reconsiderblock."""
+        activation = self.chain.reconsider_block(block_hash)
+        self.log(f"operator reconsidered block {block_hash.hex()[:12]}; tip is now height {self.chain.tip_height}")
+        return activation
+
     def verify_claims(self, now: float) -> BlockResult | None:
         """Verify the current slot's claims from the best down; returns the result of the first valid one, if any."""
         slot = get_phase_point(self.params, now).slot
@@ -215,27 +226,22 @@ class NodeCore:
             self.log(f"claim {block.hash.hex()[:12]} of miner {block.header.miner.hex()[:12]} rejected: {result.reason}")
 
     def _next_claim(self, slot: int) -> Claim | None:
-        """The best claim of `slot` not yet judged, unless the chain already holds one at least as good."""
+        """The best claim of `slot` not yet judged (fork choice's own order), unless the chain already holds a better block there."""
         ranked = [c for c in self.claims.ranked(slot=slot) if not self.claims.is_verified(c.block.hash)]
-        ranked.sort(key=lambda c: (self._mode_rank(c), -c.block.header.dice_ppm, c.block.hash))
+        ranked.sort(key=lambda c: get_score_key(self._claim_score(c.block)), reverse=True)
         for claim in ranked:
             header = claim.block.header
             current = self.chain.get_hash_at(header.height)
             if current is not None and current != claim.block.hash:
-                if header.dice_ppm <= self.chain.get_block(current).header.dice_ppm:
+                held = self._claim_score(self.chain.get_block(current))
+                if not is_better(self._claim_score(claim.block), held):
                     return None
             return claim
         return None
 
-    def _mode_rank(self, claim: Claim) -> int:
-        """0 for the mode this node's keys call for; claims in other modes are tried after."""
-        header = claim.block.header
-        if is_standing_task(self.params, header.task_id):
-            return 0
-        have = {w for w in (KEY_TRAIN, KEY_TEST) if self.keys.get(header.task_id, w) is not None}
-        if have == {KEY_TRAIN, KEY_TEST}:
-            return 0 if header.task_mode == MODE_NORMAL else 1
-        return 0
+    def _claim_score(self, block: Block) -> ChainScore:
+        """A block's own fork-choice weight (useful, keys carried, Dice, tie value): what decides between siblings."""
+        return compute_child_score(compute_genesis_score(bytes(32)), block, self.params)
 
     def _on_activation(self, activation: Activation) -> None:
         """The best chain moved (called under the lock): the mempool follows."""
@@ -276,23 +282,29 @@ class NodeCore:
         return Tick(tuple(reveals), due)
 
     def _reveal_due_keys(self, now: float) -> list[KeyReveal]:
-        """The publisher keys of the next height's task whose moment has come: training at t(s,a), test at t(s,b)."""
+        """The publisher keys whose moment has come (docs/protocol.md §5), from Phase 2 of the slot mining tip + 1.
+
+        The training key of the task of height tip + 2, so that block tip + 1
+        can carry it; the test key of the task of height tip + 1, only in the
+        slot right after the tip's and only if its training key is on chain
+        (otherwise the task cannot be scored and its test set stays secret).
+        """
         with self.lock:
             status = self.chain.state().get_status()
-            task_id = get_scheduled_task_id(status)
-            mine = self.keys.mine.get(task_id)
             point = get_phase_point(self.params, now)
-            if not mine or point.slot < status.min_slot:
+            if point.phase != PHASE_2 or point.slot < status.min_slot:
                 return []
-            due = [KEY_TRAIN] + ([KEY_TEST] if point.phase == PHASE_2 else [])
+            due = [(status.scheduled[1].task_id, KEY_TRAIN)]
+            if point.slot == status.min_slot and status.train_key:
+                due.append((get_scheduled_task_id(status), KEY_TEST))
             reveals = []
-            for which in due:
-                if (task_id, which) in self.keys.published:
+            for task_id, which in due:
+                key = self.keys.mine.get(task_id, {}).get(which)
+                if key is None or (task_id, which) in self.keys.published:
                     continue
                 self.keys.published.add((task_id, which))
-                reveal = KeyReveal(task_id, which, mine[which])
-                self.keys.record(task_id, which, reveal.key, now)
-                reveals.append(reveal)
+                self.keys.record(task_id, which, key, now)
+                reveals.append(KeyReveal(task_id, which, key))
                 self.log(f"revealed the {'training' if which == KEY_TRAIN else 'test'} key of task {task_id.hex()[:12]}")
             return reveals
 

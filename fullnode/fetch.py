@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consensus.chainstate import Candidate, MissingData
-from consensus.rules import get_task_submission, is_high_accuracy
+from consensus.rules import get_task_submission
 from consensus.work import get_blob_digests, verify_block_work
-from fullnode.config import VERIFY_ALL, VERIFY_HIGH, VERIFY_MODES
 from pouw.blobstore import BlobError, BlobStore
 from pouw.types import Block, ChainParams, TaskSubmission
 
@@ -74,22 +73,31 @@ def get_blob_wants(task: TaskSubmission | None, block: Block) -> list[BlobWant]:
 
 
 class WorkChecker:
-    """This node's work check for `ChainState.process_new_block`: policy, fetch, then verify."""
+    """This node's work check for `ChainState.process_new_block`: assume-valid policy, fetch, then verify.
 
-    def __init__(self, params: ChainParams, blobs: BlobStore, fetcher: BlobFetcher, workdir: Path, policy: str = VERIFY_ALL):
-        if policy not in VERIFY_MODES:
-            raise ValueError(f"unknown verification policy {policy!r}")
+    Every block's work is verified, but for the blocks listed in `assumed`:
+    ancestors of the operator's assume-valid block that the sync saw buried
+    deeper than the finality window under a header chain (fullnode/sync.py).
+    They still pass every other rule; only the Dice recomputation and replay
+    are skipped, as bitcoind skips script checks under -assumevalid.
+    """
+
+    def __init__(self, params: ChainParams, blobs: BlobStore, fetcher: BlobFetcher, workdir: Path,
+                 assume_valid: bytes | None = None):
         self.params = params
         self.blobs = blobs
         self.fetcher = fetcher
         self.workdir = Path(workdir)
-        self.policy = policy
+        self.assume_valid = assume_valid
+        """The operator's known-good block, or None: then every block is verified."""
+        self.assumed: set[bytes] = set()
+        """Hashes of blocks whose work need not be recomputed (see the class doc)."""
         self.verified = 0
         """Blocks whose work this node recomputed (for metrics)."""
 
     def is_work_checked(self, block: Block) -> bool:
-        """True when the policy recomputes this block's Dice."""
-        return not (self.policy == VERIFY_HIGH and not is_high_accuracy(block, self.params))
+        """True unless the block is a deeply buried ancestor of the assume-valid block."""
+        return block.hash not in self.assumed
 
     def __call__(self, candidate: Candidate) -> None:
         block = candidate.block

@@ -7,15 +7,21 @@ from typing import Annotated
 
 from consensus.forkchoice import ChainScore
 from pouw.encoding import Hash32, MaxLen
+from pouw.types import BlockHeader
 
 STATUS_PROTOCOL = "/pouw/req/status/1"
 BLOCKS_PROTOCOL = "/pouw/req/blocks/1"
+HEADERS_PROTOCOL = "/pouw/req/headers/1"
 MAX_SYNC_BLOCKS = 64
 """Most blocks one sync response carries."""
 MAX_SYNC_RESPONSE = 24 * 1024 * 1024
 """Largest sync response, in bytes."""
 MAX_LOCATOR = 64
 """Most hashes in a block locator."""
+MAX_HEADERS = 2000
+"""Most headers one headers response carries."""
+MAX_HEADERS_RESPONSE = 2 * 1024 * 1024
+"""Largest headers response, in bytes."""
 
 GOSSIP_NAMES = ("tx", "commit", "claim", "key", "block")
 
@@ -59,3 +65,11 @@ class BlocksResponse:
 
     blocks: Annotated[tuple[bytes, ...], MaxLen(MAX_SYNC_BLOCKS)]
     """Each a canonical Block encoding."""
+
+
+@dataclass(frozen=True)
+class HeadersResponse:
+    """Best-chain headers after the first locator hash the peer knows, parents first (for assume-valid)."""
+
+    headers: Annotated[tuple[BlockHeader, ...], MaxLen(MAX_HEADERS)]
+    """Each a block header."""

@@ -61,7 +61,7 @@ class FullNode:
         (self.datadir / "work").mkdir(exist_ok=True)
         self.chain = ChainState.open(self.datadir / "chain", self.params, sigcheck=self.sigcheck)
         self.fetcher = BlobFetcher(self.blobs)
-        self.work_checker = WorkChecker(self.params, self.blobs, self.fetcher, self.datadir / "work", config.verify)
+        self.work_checker = WorkChecker(self.params, self.blobs, self.fetcher, self.datadir / "work", config.assume_valid)
         self.core = NodeCore(
             self.params, self.chain, self.work_checker,
             key_files=PublisherKeyFiles(self.datadir / "taskkeys"),
@@ -85,7 +85,7 @@ class FullNode:
         self.p2p = P2PNode(load_or_create_p2p_seed(self.datadir), host=cfg.host, port=cfg.p2p_port, bootstrap=cfg.bootstrap)
         self.gossip = GossipAdapter(self.core, self.p2p, self.jobs)
         self.gossip.register()
-        self.sync = SyncAdapter(self.core, self.p2p, self.fetcher, self.get_blob_url, self.log, self._stop.is_set)
+        self.sync = SyncAdapter(self.core, self.p2p, self.fetcher, self.work_checker, self.get_blob_url, self.log, self._stop.is_set)
         self.sync.register()
         self.p2p_thread = P2PThread(self.p2p).start()
         self.gossip.thread = self.sync.thread = self.p2p_thread
@@ -173,11 +173,12 @@ class FullNode:
         result = self.core.process_block(block, time.time())
         if result.status in (BlockStatus.CONNECTED, BlockStatus.SIDE_BRANCH):
             self.gossip.publish("block", encode(block))
-        elif result.status is BlockStatus.INVALID:
-            self.log(f"rejected block {block.header.height} {block.hash.hex()[:12]} from miner "
+        elif result.status in (BlockStatus.INVALID, BlockStatus.REFUSED):
+            verb = "rejected" if result.status is BlockStatus.INVALID else "refused"
+            self.log(f"{verb} block {block.header.height} {block.hash.hex()[:12]} from miner "
                      f"{block.header.miner.hex()[:12]}: {result.reason}")
-            if peer:
-                self.sync.penalize(peer, f"invalid block: {result.reason}")
+            if peer and result.sender_at_fault:
+                self.sync.penalize(peer, f"{result.status.value} block: {result.reason}")
         elif result.status is BlockStatus.MISSING and result.reason == "parent block is unknown":
             self.jobs.put(("sync", None, None))  # its ancestors come with the next sync
         return result

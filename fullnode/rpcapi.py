@@ -142,13 +142,14 @@ def task_to_json(core: NodeCore, task_id: bytes) -> dict | None:
 
 
 def compute_mining_info(core: NodeCore, now: float, blob_url: str | None) -> dict:
-    """What a miner needs to mine the next block (docs/rpc.md)."""
+    """What a miner needs to mine the next block (docs/rpc.md): keys on chain and keys seen, slots, tasks."""
     params = core.params
     with core.lock:
         status = core.chain.state().get_status()
         task_id = get_scheduled_task_id(status)
-        train_key = core.keys.get(task_id, KEY_TRAIN)
+        next_id = status.scheduled[1].task_id
         test_key = core.keys.get(task_id, KEY_TEST)
+        next_train_key = core.keys.get(next_id, KEY_TRAIN)
     point = get_phase_point(params, now)
     slot = max(point.slot, status.min_slot)
 
@@ -161,15 +162,17 @@ def compute_mining_info(core: NodeCore, now: float, blob_url: str | None) -> dic
         "height": status.height + 1,
         "prev_hash": status.tip_hash.hex(),
         "slot": slot,
+        "min_slot": status.min_slot,
         "phase": point.phase if slot == point.slot else PHASE_1,
         "phase_start": point.phase_start if slot == point.slot else float(get_slot_start(params, slot)),
         "phase_end": point.phase_end if slot == point.slot else float(get_phase2_start(params, slot)),
         "slot_start": float(get_slot_start(params, slot)),
         "slot_phase2_start": float(get_phase2_start(params, slot)),
         **task_info(task_id),
-        "train_key": None if train_key is None else train_key.hex(),
+        "train_key": status.train_key.hex() if status.train_key else None,
         "test_key": None if test_key is None else test_key.hex(),
-        "next": {"height": status.height + 2, **task_info(status.scheduled[1].task_id)},
+        "next": {"height": status.height + 2, **task_info(next_id),
+                 "train_key": None if next_train_key is None else next_train_key.hex()},
         "blob_url": blob_url,
     }
 
@@ -208,7 +211,26 @@ def chain_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
             raise RpcError(f"no block {ref}", NOT_FOUND)
         return block_to_json(core, block)
 
-    return {"getinfo": getinfo, "getparams": getparams, "getblock": getblock}
+    def invalidateblock(block_hash: str) -> dict:
+        """The operator's invalidateblock: leave a block and its descendants (for splits deeper than the finality window)."""
+        try:
+            activation = core.invalidate_block(parse_hex(block_hash, "block_hash", 32))
+        except LookupError as exc:
+            raise RpcError(str(exc), NOT_FOUND) from None
+        except ValueError as exc:
+            raise RpcError(str(exc), BAD_PARAMS) from None
+        return {"invalidated": len(activation.disconnected) or 1, "height": core.chain.tip_height, "tip": core.chain.tip_hash.hex()}
+
+    def reconsiderblock(block_hash: str) -> dict:
+        """The operator's reconsiderblock: make an invalidated block and its relatives candidates again."""
+        try:
+            core.reconsider_block(parse_hex(block_hash, "block_hash", 32))
+        except LookupError as exc:
+            raise RpcError(str(exc), NOT_FOUND) from None
+        return {"height": core.chain.tip_height, "tip": core.chain.tip_hash.hex()}
+
+    return {"getinfo": getinfo, "getparams": getparams, "getblock": getblock,
+            "invalidateblock": invalidateblock, "reconsiderblock": reconsiderblock}
 
 
 def wallet_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consensus.assemble import BlockTemplate, complete_block, make_commit
-from consensus.clock import PHASE_1, get_phase2_start, get_phase_point, get_slot_start
-from consensus.rules import compute_training_seed, get_work_task_id, is_key_for_task
+from consensus.clock import get_phase2_start, get_slot_start
+from consensus.rules import compute_training_seed, get_work_task_id, is_key_for_task, is_standing_work
 from consensus.transition import InvalidBlock
 from consensus.work import WorkData, get_work_data, load_task_split
 from pouw.blobserve import BlobServer
@@ -36,6 +36,7 @@ from pouw.types import (
     KEY_TRAIN,
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
+    MODE_STALE,
     Block,
     ChainParams,
     Claim,
@@ -158,11 +159,12 @@ class Miner:
                 prefetcher.want(info.current.task, info.blob_url)
                 if info.next is not None:
                     prefetcher.want(info.next.task, info.blob_url)
-                point = get_phase_point(params, time.time())
-                key = (info.height, point.slot)
-                if point.phase == PHASE_1 and key not in self._done:
+                # A round starts as soon as the tip it builds on exists (often in Phase 2 of the slot before,
+                # since the training key is on chain by then) and there is still time to train before t(s,b).
+                key = (info.height, info.slot)
+                if key not in self._done and self._has_time_to_train(info.slot):
                     self._done.add(key)
-                    result = self.mine_round(info, point.slot, prefetcher)
+                    result = self.mine_round(info, info.slot, prefetcher)
                     if result is not None:
                         results.append(result)
                         if once:
@@ -174,16 +176,20 @@ class Miner:
                     self._report_outcome(results[-1], info)
                 if waiting_for != key:
                     waiting_for = key
-                    start = get_slot_start(params, point.slot + 1)
+                    start = get_slot_start(params, info.slot + 1)
                     self.reporter.emit(
                         "waiting", f"height {info.height}: next round starts in {max(0.0, start - time.time()):.0f} s",
-                        height=info.height, slot=point.slot + 1,
+                        height=info.height, slot=info.slot + 1,
                     )
                 stop.wait(self.config.poll_seconds)
         finally:
             prefetcher.close()
             server.stop()
         return results
+
+    def _has_time_to_train(self, slot: int) -> bool:
+        margin = self.config.margin if self.config.margin is not None else plan.compute_commit_margin(self.params, self.node.rtt)
+        return plan.can_start_training(time.time(), plan.compute_train_deadline(self.params, slot, margin))
 
     def _told(self, result: RoundResult) -> bool:
         told = result.block_hash in self._outcomes
@@ -257,33 +263,31 @@ class Miner:
     def _mine_round(self, info: plan.MiningInfo, slot: int, prefetcher: Prefetcher) -> RoundResult:
         margin = self.config.margin if self.config.margin is not None else plan.compute_commit_margin(self.params, self.node.rtt)
         round_ = RoundTimes.of(self.params, slot, margin)
-        info, mode, train_key = self._await_train_key(info, slot, round_)
+        mode, train_key = self._decide_train_mode(info, slot)
         data, mode, train_key = self._prepare_train_data(info, mode, train_key, prefetcher)
         result = self._train(info, data, mode, round_)
         info, commit = self._commit(info, slot, mode, result, round_)
         info, final, test_key, score_set = self._await_score_set(info, slot, mode, data, prefetcher, round_)
         dice = self._evaluate(result, data, score_set, final)
-        block = self._claim(info, slot, commit, result, dice, final, train_key, test_key, round_)
+        block = self._claim(info, slot, commit, result, dice, final, test_key, round_)
         return RoundResult(info.height, slot, info.current.task_id, final, dice, block.hash, result.model_digest,
                            result.epochs)
 
-    def _await_train_key(self, info: plan.MiningInfo, slot: int, round_: "RoundTimes") -> tuple[plan.MiningInfo, int, bytes | None]:
-        """Phase 1: the training key decides between the task (mode 0) and the standing task (mode 1)."""
+    def _decide_train_mode(self, info: plan.MiningInfo, slot: int) -> tuple[int, bytes | None]:
+        """The mode the chain dictates (the training key is a chain fact carried by the tip)."""
         task, standing = info.current.task, info.current.standing
-        while True:
-            ok = is_key_for_task(task, KEY_TRAIN, info.train_key) if task is not None else False
-            mode = plan.decide_train_mode(self.params, slot, time.time(), standing, ok)
-            if mode is not plan.WAIT:
-                break
-            time.sleep(min(0.2, self.config.poll_seconds))
-            info = self._poll_same(info, round_.deadline)
+        key_ok = task is not None and is_key_for_task(task, KEY_TRAIN, info.train_key)
+        mode = plan.decide_train_mode(standing, slot == info.min_slot, key_ok)
         if not standing and mode == plan.MODE_NORMAL:
-            self.reporter.emit("train-key", f"training key of task {info.current.task_id.hex()[:12]} received",
+            self.reporter.emit("train-key", f"training key of task {info.current.task_id.hex()[:12]} is on chain",
                                task_id=info.current.task_id)
         elif mode == MODE_NO_TRAIN_KEY:
-            self.reporter.emit("no-train-key", "no training key in time: mining the standing task (mode 1)",
+            self.reporter.emit("no-train-key", "the tip carries no training key: mining the standing task (mode 1)",
                                task_id=info.current.task_id)
-        return info, mode, (info.train_key if ok else None)
+        elif mode == MODE_STALE:
+            self.reporter.emit("stale", "the task's slot has passed: mining the standing task (mode 3)",
+                               task_id=info.current.task_id)
+        return mode, (info.train_key if key_ok and mode == plan.MODE_NORMAL else None)
 
     def _prepare_train_data(self, info: plan.MiningInfo, mode: int, train_key: bytes | None,
                             prefetcher: Prefetcher) -> tuple[WorkData, int, bytes | None]:
@@ -291,8 +295,8 @@ class Miner:
         data = self._load_train_data(info, mode, train_key, prefetcher)
         if data is not None:
             return data, mode, train_key
-        fallback = get_work_data(None, self.params, info.prev_hash, MODE_NO_TRAIN_KEY, {}, self.blobs, self.datadir)
-        return fallback, MODE_NO_TRAIN_KEY, None
+        # The chain still dictates the mode: an unusable dataset cannot be scored, so the round is abandoned.
+        raise Abandon("the task's data is unusable")
 
     def _train(self, info: plan.MiningInfo, data: WorkData, mode: int, round_: "RoundTimes"):
         """Train until the deadline; the model is stored beside its checkpoints, which the miner serves."""
@@ -321,7 +325,8 @@ class Miner:
         return result
 
     def _commit(self, info: plan.MiningInfo, slot: int, mode: int, result, round_: "RoundTimes") -> tuple[plan.MiningInfo, Commit]:
-        """Send the Phase-1 commit binding the model to this miner, before t(s,b)."""
+        """Send the Phase-1 commit binding the model to this miner, inside Phase 1 of the slot (training may start earlier)."""
+        self._sleep_until(get_slot_start(self.params, slot))
         info = self._poll_same(info, round_.phase2)
         work_task = get_work_task_id(self.params, info.current.task_id, mode)
         commit = make_commit(self.config.keypair, info.height, slot, work_task, result.model_digest)
@@ -333,17 +338,27 @@ class Miner:
                            height=info.height, slot=slot, binding=commit.binding)
         return info, commit
 
+    @staticmethod
+    def _sleep_until(moment: float) -> None:
+        while time.time() < moment:
+            time.sleep(min(0.2, max(0.0, moment - time.time())))
+
     def _await_score_set(self, info: plan.MiningInfo, slot: int, mode: int, data: WorkData, prefetcher: Prefetcher,
                          round_: "RoundTimes"):
-        """Phase 2: the test key decides how the model is scored (mode 0 on the test set, else mode 2 on the training set)."""
-        while time.time() < round_.phase2:
-            time.sleep(min(0.2, max(0.0, round_.phase2 - time.time())))
+        """Phase 2: the test key decides how the model is scored (mode 0 on the test set, else mode 2 on the training set).
+
+        The claim also waits, within the same grace, for the next task's
+        training key, which the block must carry.
+        """
+        self._sleep_until(round_.phase2)
         info = self._poll_same(info, round_.slot_end)
         task, standing = info.current.task, info.current.standing
+        nxt = info.next.task if info.next is not None else None
         while True:
-            ok = is_key_for_task(task, KEY_TEST, info.test_key) if task is not None else False
+            ok = task is not None and is_key_for_task(task, KEY_TEST, info.test_key)
             final = plan.decide_score_mode(self.params, slot, time.time(), mode, standing, ok)
-            if final is not plan.WAIT:
+            next_ok = nxt is not None and is_key_for_task(nxt, KEY_TRAIN, info.next_train_key)
+            if final is not plan.WAIT and not plan.is_next_key_due(self.params, slot, time.time(), nxt, next_ok):
                 break
             time.sleep(min(0.2, self.config.poll_seconds))
             info = self._poll_same(info, round_.slot_end)
@@ -365,18 +380,20 @@ class Miner:
         return dice
 
     def _claim(self, info: plan.MiningInfo, slot: int, commit: Commit, result, dice: int, mode: int,
-               train_key: bytes | None, test_key: bytes | None, round_: "RoundTimes") -> Block:
-        """Build the block on the node's template and send it as this miner's Phase-2 claim."""
+               test_key: bytes | None, round_: "RoundTimes") -> Block:
+        """Build the block on the node's template (with the keys due in its slot) and send it as this miner's claim."""
         template = decode(BlockTemplate, bytes.fromhex(self._call("getblocktemplate", round_.slot_end)["hex"]))
         if template.height != info.height or template.prev_hash != info.prev_hash:
             raise Abandon(f"tip moved to height {template.height - 1}")
         work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (self.link,), dice)
-        standing = info.current.standing
+        nxt = info.next.task if info.next is not None else None
+        next_key = info.next_train_key if nxt is not None and is_key_for_task(nxt, KEY_TRAIN, info.next_train_key) else None
         block = complete_block(
             template, self.params, self.config.keypair, slot=slot,
             timestamp=plan.compute_block_timestamp(self.params, slot, time.time()),
             commit=commit, work=work, task=info.current.task, task_mode=mode,
-            key_reveals=plan.get_key_reveals(info.current.task_id, standing, mode, train_key, test_key),
+            key_reveals=plan.get_key_reveals(info.current.task_id, mode, test_key,
+                                             None if nxt is None else info.next.task_id, next_key),
         )
         try:
             self._call("submitclaim", round_.slot_end, hex=encode(Claim(block)).hex())
@@ -393,7 +410,7 @@ class Miner:
                          prefetcher: Prefetcher) -> WorkData | None:
         """The round's data (decrypting the training blob); None when the task's data is unusable."""
         task = info.current.task
-        if task is not None and mode != MODE_NO_TRAIN_KEY and not prefetcher.ensure(task.train_blob, info.blob_url):
+        if not is_standing_work(task, mode) and not prefetcher.ensure(task.train_blob, info.blob_url):
             return None
         keys = {KEY_TRAIN: train_key} if train_key else {}
         try:

@@ -17,6 +17,7 @@ from pouw.types import (
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_NORMAL,
+    MODE_STALE,
     ChainParams,
     KeyReveal,
     TaskSubmission,
@@ -46,12 +47,18 @@ class MiningInfo:
     height: int
     prev_hash: bytes
     slot: int
+    min_slot: int
+    """The slot right after the tip's: the only one in which a published task may be scored."""
     phase: int
     current: TaskView
     train_key: bytes | None
+    """The current task's training key as the tip block carried it (a chain fact)."""
     test_key: bytes | None
+    """The current task's test key, if the node has seen it revealed."""
     next: TaskView | None
     next_height: int | None
+    next_train_key: bytes | None
+    """The next task's training key, if the node has seen it revealed: the block must carry it."""
     blob_url: str | None
 
 
@@ -72,31 +79,31 @@ def parse_mining_info(d: dict) -> MiningInfo:
         height=int(d["height"]),
         prev_hash=bytes.fromhex(d["prev_hash"]),
         slot=int(d["slot"]),
+        min_slot=int(d.get("min_slot", d["slot"])),
         phase=int(d["phase"]),
         current=_task_view(d),
         train_key=_key(d.get("train_key")),
         test_key=_key(d.get("test_key")),
         next=_task_view(nxt) if nxt else None,
         next_height=int(nxt["height"]) if nxt else None,
+        next_train_key=_key(nxt.get("train_key")) if nxt else None,
         blob_url=d.get("blob_url") or None,
     )
 
 
-def decide_train_mode(
-    params: ChainParams, slot: int, now: float, standing: bool, train_key_ok: bool
-) -> int | None:
-    """The mode to train in, or WAIT.
+def decide_train_mode(standing: bool, fresh_slot: bool, train_key_on_chain: bool) -> int:
+    """The mode the chain dictates for training (docs/protocol.md §5); nothing to wait for.
 
-    The standing task needs no key (always mode 0). A selected task is
-    trained on its own data once the training key is known (mode 0 or 2;
-    the test key decides later). Without the key by `key_grace_seconds`
-    after t(s,a), the interval falls back to the standing task (mode 1).
+    The standing task is mode 0. A published task is stale outside the slot
+    right after the tip's (mode 3: standing data), falls back to the standing
+    task when the tip did not carry its training key (mode 1), and otherwise
+    trains on its own data (mode 0 or 2: the test key decides in Phase 2).
     """
-    if standing or train_key_ok:
+    if standing:
         return MODE_NORMAL
-    if now < get_slot_start(params, slot) + params.key_grace_seconds:
-        return WAIT
-    return MODE_NO_TRAIN_KEY
+    if not fresh_slot:
+        return MODE_STALE
+    return MODE_NORMAL if train_key_on_chain else MODE_NO_TRAIN_KEY
 
 
 def decide_score_mode(
@@ -104,18 +111,25 @@ def decide_score_mode(
 ) -> int | None:
     """The block's final mode once Phase 2 has started, or WAIT.
 
-    Modes 1 and the standing task are settled at training time. With the
-    training key, the test key makes it mode 0; without it by
-    `key_grace_seconds` after t(s,b) the model is scored on the training
-    set (mode 2).
+    The standing task and modes 1 and 3 are settled at training time. With
+    the training key on chain, the test key makes it mode 0; without it by
+    `key_grace_seconds` after t(s,b) the model is scored on the training set
+    (mode 2).
     """
-    if standing or train_mode == MODE_NO_TRAIN_KEY:
+    if standing or train_mode in (MODE_NO_TRAIN_KEY, MODE_STALE):
         return train_mode
     if test_key_ok:
         return MODE_NORMAL
     if now < get_phase2_start(params, slot) + params.key_grace_seconds:
         return WAIT
     return MODE_NO_TEST_KEY
+
+
+def is_next_key_due(params: ChainParams, slot: int, now: float, next_task: TaskSubmission | None, next_key_ok: bool) -> bool:
+    """True while the claim should still wait for the next task's training key (within the grace after t(s,b))."""
+    if next_task is None or next_key_ok:
+        return False
+    return now < get_phase2_start(params, slot) + params.key_grace_seconds
 
 
 def compute_commit_margin(params: ChainParams, rtt: float = 0.0) -> float:
@@ -147,14 +161,15 @@ def compute_block_timestamp(params: ChainParams, slot: int, now: float) -> int:
 
 
 def get_key_reveals(
-    task_id: bytes, standing: bool, mode: int, train_key: bytes | None, test_key: bytes | None
+    task_id: bytes, mode: int, test_key: bytes | None, next_task_id: bytes | None, next_train_key: bytes | None
 ) -> tuple[KeyReveal, ...]:
-    """The reveals a block of `mode` must carry: both in mode 0, training only in mode 2, none otherwise."""
-    if standing or mode == MODE_NO_TRAIN_KEY:
-        return ()
-    if mode == MODE_NORMAL:
-        return (KeyReveal(task_id, KEY_TRAIN, train_key), KeyReveal(task_id, KEY_TEST, test_key))
-    return (KeyReveal(task_id, KEY_TRAIN, train_key),)
+    """The keys a block carries: its task's test key in mode 0, then the next task's training key when known."""
+    reveals: list[KeyReveal] = []
+    if mode == MODE_NORMAL and test_key is not None:
+        reveals.append(KeyReveal(task_id, KEY_TEST, test_key))
+    if next_task_id is not None and next_train_key is not None:
+        reveals.append(KeyReveal(next_task_id, KEY_TRAIN, next_train_key))
+    return tuple(reveals)
 
 
 def compute_backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
@@ -162,4 +177,4 @@ def compute_backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float
     return min(cap, base * (2 ** min(attempt, 16)))
 
 
-MODE_NAMES = {MODE_NORMAL: "normal", MODE_NO_TRAIN_KEY: "no-train-key", MODE_NO_TEST_KEY: "no-test-key"}
+MODE_NAMES = {MODE_NORMAL: "normal", MODE_NO_TRAIN_KEY: "no-train-key", MODE_NO_TEST_KEY: "no-test-key", MODE_STALE: "stale"}

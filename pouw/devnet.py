@@ -51,10 +51,10 @@ class DevnetOptions:
     root: Path
     nodes: int = 3
     miners: int = 2
-    blocks: int = 3
+    blocks: int = 6
     phase1: int = 20
     phase2: int = 10
-    tasks: tuple[int, ...] = (5, 9)
+    tasks: tuple[int, ...] = (60, 90)
     """Rewards (coins) of the tasks the publishers submit, in submission order."""
     timeout: float = 900.0
     extra_node_args: dict[int, list[str]] = field(default_factory=dict)

@@ -38,12 +38,15 @@ DICE_SCALE = 1_000_000
 """Dice is carried as an integer in parts per million."""
 
 MODE_NORMAL = 0
-"""The block's work is on its selected task, scored on the task's test set."""
+"""The block's work is on its selected task, scored on the task's test set (the block carries the test key)."""
 MODE_NO_TRAIN_KEY = 1
-"""The training key was not revealed in time: the work is on the standing task; the escrow is refunded."""
+"""The parent block did not carry the task's training key: the work is on the standing task; part of the escrow is burned."""
 MODE_NO_TEST_KEY = 2
-"""The test key was not revealed in time: the work on the selected task is scored on its training set."""
-TASK_MODES = (MODE_NORMAL, MODE_NO_TRAIN_KEY, MODE_NO_TEST_KEY)
+"""The training key is on chain but the block carries no test key: scored on the training set; no accuracy weight."""
+MODE_STALE = 3
+"""The block is not in the slot right after its parent's, so the task's test set may be public: the work is on the
+standing task and the escrow is refunded."""
+TASK_MODES = (MODE_NORMAL, MODE_NO_TRAIN_KEY, MODE_NO_TEST_KEY, MODE_STALE)
 
 KEY_TRAIN = 0
 """KeyReveal.which for the training-set key."""
@@ -250,7 +253,7 @@ class BlockHeader(SignedObject):
     task_id: Hash32
     """The task selected for this height (from the state two blocks back)."""
     task_mode: int
-    """MODE_NORMAL, MODE_NO_TRAIN_KEY or MODE_NO_TEST_KEY."""
+    """MODE_NORMAL, MODE_NO_TRAIN_KEY, MODE_NO_TEST_KEY or MODE_STALE: decided by the chain (docs/protocol.md §5)."""
     unselected_root: Hash32
     """Merkle root of the unfinished tasks (waiting and scheduled) after this block."""
     miner: PublicKey
@@ -278,7 +281,7 @@ class BlockBody:
     transactions: Annotated[tuple[Transaction, ...], MaxLen(100_000)]
     """Transactions in the order they are applied."""
     key_reveals: Annotated[tuple[KeyReveal, ...], MaxLen(2)]
-    """The revealed keys of the selected task (both in MODE_NORMAL, training only in MODE_NO_TEST_KEY)."""
+    """The keys due in this block's slot: its own task's test key (MODE_NORMAL), then the next height's training key."""
     commit: Commit | None
     """The winner's Phase-1 commit (None only in genesis)."""
     work: WorkProof | None
@@ -368,6 +371,10 @@ class ChainParams:
     """Smallest reward a task may escrow."""
     high_accuracy_ppm: int
     """Dice (ppm) from which a block's model counts as high-accuracy for fork choice and confirmations."""
+    task_maturity_blocks: int
+    """Blocks a task waits after the block that includes it before it may be selected (M)."""
+    finality_depth: int
+    """The deepest reorganisation a node makes on its own (R < M); deeper splits need an operator."""
     dice_tolerance_ppm: int
     """Largest difference between a claimed and a recomputed Dice that is accepted."""
     standing_task: StandingTask
@@ -448,6 +455,8 @@ class ChainStatus:
     """Smallest slot the next block may use (one above the tip's; 0 after genesis)."""
     scheduled: Annotated[tuple[ScheduledTask, ...], MaxLen(2)]
     """Tasks of the next two heights."""
+    train_key: Annotated[bytes, MaxLen(32)]
+    """The training key of the next height's task, as the tip block carried it (empty if it did not)."""
     unselected: Annotated[tuple[QueueEntry, ...], MaxLen(1_000_000)]
     """Waiting tasks, best first (reward descending, then task id ascending)."""
     supply: int

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from consensus.forkchoice import ChainScore  # noqa: E402
-from fullnode.messages import BlocksRequest, BlocksResponse, StatusMessage  # noqa: E402
+from fullnode.messages import BlocksRequest, BlocksResponse, HeadersResponse, StatusMessage  # noqa: E402
 from pouw.encoding import Fixed, MaxLen  # noqa: E402
 from pouw.seg.spec import ModelSpec, TrainSpec  # noqa: E402
 from pouw.types import (  # noqa: E402
@@ -27,7 +27,7 @@ from pouw.types import (  # noqa: E402
 
 WIRE_TYPES = (
     Transfer, TaskSubmission, ModelSpec, TrainSpec, BlobRef, Commit, KeyReveal, WorkProof,
-    BlockHeader, BlockBody, Block, Claim, StatusMessage, ChainScore, BlocksRequest, BlocksResponse,
+    BlockHeader, BlockBody, Block, Claim, StatusMessage, ChainScore, BlocksRequest, BlocksResponse, HeadersResponse,
 )
 BEGIN = "<!-- wire-types:begin (scripts/wire_doc.py --write) -->"
 END = "<!-- wire-types:end -->"

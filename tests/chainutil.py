@@ -39,3 +39,32 @@ def unchecked_work(candidate) -> None:
 def submit(chain, block: Block, check_work=unchecked_work):
     """Hand `block` to a consensus.chainstate.ChainState down its one road, now."""
     return chain.process_new_block(block, time.time(), check_work)
+
+
+def with_deep_finality(params, depth: int = 30):
+    """Parameters whose finality window (and task maturity, kept above it) allow reorganisations `depth` deep."""
+    import dataclasses
+
+    return dataclasses.replace(params, finality_depth=depth, task_maturity_blocks=depth + 1)
+
+
+def mine_published_tasks(chain: MemoryChain, miner, publisher, count: int, dice_ppm: int, tag: str, *, nonce: int = 0) -> list[Block]:
+    """Publish `count` tasks in one block, then mine until each was scored (mode 0, both keys) at `dice_ppm`.
+
+    Returns every block applied; the blocks on the tasks are useful blocks
+    that weigh in fork choice, the standing-task blocks between them do not.
+    """
+    from consensus.fixtures import make_next_block, make_task
+    from consensus.genesis import COIN
+
+    tasks = [make_task(publisher, (60 + i) * COIN, nonce + i, f"{tag}-{i}") for i in range(count)]
+    labels = {t.task_id: f"{tag}-{i}" for i, t in enumerate(tasks)}
+    blocks = [make_next_block(chain.state(), chain.params, miner, transactions=tuple(tasks), salt=tag.encode())]
+    chain.apply(blocks[-1])
+    pending = set(labels)
+    while pending:
+        block = make_next_block(chain.state(), chain.params, miner, task_labels=labels, dice_ppm=dice_ppm, salt=tag.encode())
+        chain.apply(block)
+        blocks.append(block)
+        pending.discard(block.header.task_id)
+    return blocks

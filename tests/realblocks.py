@@ -21,7 +21,7 @@ from pouw.blobstore import BlobStore
 from pouw.keys import KeyPair
 from pouw.seg.dice import evaluate
 from pouw.seg.train import train
-from pouw.types import MODE_NORMAL, Block, ChainParams, Transaction, WorkProof
+from pouw.types import KEY_TRAIN, MODE_NORMAL, Block, ChainParams, KeyReveal, Transaction, WorkProof
 
 
 def mine_standing_block(
@@ -34,9 +34,14 @@ def mine_standing_block(
     *,
     slot: int | None = None,
     transactions: tuple[Transaction, ...] = (),
-    seconds: float = 4.0,
+    next_train_key: bytes | None = None,
+    seconds: float = 8.0,
 ) -> Block:
-    """A real block for the next height on `state`, whose task must be the standing task."""
+    """A real block for the next height on `state`, whose task must be the standing task.
+
+    `next_train_key` is the training key of the next height's published task,
+    which the block then carries (so that task can be scored).
+    """
     status = state.get_status()
     assert is_standing_task(params, get_scheduled_task_id(status)), "the next height does not mine the standing task"
     slot = status.min_slot if slot is None else slot
@@ -49,4 +54,6 @@ def mine_standing_block(
     work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (link,), dice)
     template = make_block_template(state, params, tuple(transactions))
     timestamp = get_phase2_start(params, slot) + 1
-    return complete_block(template, params, keypair, slot=slot, timestamp=timestamp, commit=commit, work=work, task=None)
+    reveals = () if next_train_key is None else (KeyReveal(status.scheduled[1].task_id, KEY_TRAIN, next_train_key),)
+    return complete_block(template, params, keypair, slot=slot, timestamp=timestamp, commit=commit, work=work, task=None,
+                          key_reveals=reveals)

@@ -14,7 +14,7 @@ import dataclasses
 
 import plyvel
 import pytest
-from chainutil import MemoryChain, submit, unchecked_work
+from chainutil import MemoryChain, mine_published_tasks, submit, unchecked_work, with_deep_finality
 
 from consensus.chainstate import BlockStatus, ChainState
 from consensus.fixtures import make_keypair, make_next_block, make_task, make_test_params, make_transfer
@@ -25,7 +25,8 @@ from pouw.encoding import encode
 from pouw.types import Block
 
 ALICE, BOB, M1, M2 = (make_keypair(n) for n in ("alice", "bob", "m1", "m2"))
-PARAMS = make_test_params("alice", "bob")
+# Deep enough for the reorganisation machinery tests; the finality window has its own tests below.
+PARAMS = with_deep_finality(make_test_params("alice", "bob"))
 LABELS: dict[bytes, str] = {}
 
 
@@ -42,7 +43,7 @@ def build_branch(base: MemoryChain, count: int, miner, dice: int, tag: str, slot
             make_transfer(BOB, ALICE.public_key, 7 + height, nonce_b),
         )
         if i % 3 == 0:
-            task = make_task(ALICE, (2 + i) * COIN, nonce_a + 1, f"{tag}-{height}")
+            task = make_task(ALICE, (52 + i) * COIN, nonce_a + 1, f"{tag}-{height}")
             LABELS[task.task_id] = f"{tag}-{height}"
             txs += (task,)
         slot = state.get_status().min_slot + slot_offset
@@ -82,12 +83,12 @@ def test_reorg_of_any_depth_equals_replay(tmp_path, depth):
     chain_a = MemoryChain(PARAMS)
     fork_height = total - depth
     shared = build_branch(chain_a, fork_height, M1, 900_000, "shared")
-    # Branch B starts from the fork point, at later slots, and has more high-accuracy blocks.
+    # Branch B starts from the fork point, at later slots, and is one block longer (standing-task blocks weigh nothing).
     chain_b = MemoryChain(PARAMS)
     for block in shared:
         chain_b.apply(block)
     a_tail = build_branch(chain_a, depth, M1, 500_000, "a")
-    b_tail = build_branch(chain_b, depth, M2, 950_000, "b", slot_offset=1)
+    b_tail = build_branch(chain_b, depth + 1, M2, 950_000, "b", slot_offset=1)
     with ChainState.open(tmp_path / "db", PARAMS) as store:
         for block in shared + a_tail:
             submit(store, block)
@@ -101,16 +102,45 @@ def test_reorg_of_any_depth_equals_replay(tmp_path, depth):
     assert dump == replay_dump(tmp_path, shared + b_tail, "replay")
 
 
-def test_lower_scoring_branch_does_not_take_over(tmp_path):
-    chain_a = MemoryChain(PARAMS)
-    a = build_branch(chain_a, 3, M1, 900_000, "a")
-    chain_b = MemoryChain(PARAMS)
-    b = build_branch(chain_b, 4, M2, 100_000, "b", slot_offset=1)
-    with ChainState.open(tmp_path / "db", PARAMS) as store:
-        for block in a + b:
-            submit(store, block)
-        # Three high-accuracy blocks beat four low-accuracy ones.
-        assert store.tip_hash == a[-1].hash
+def test_a_split_within_the_finality_window_heals_a_deeper_one_needs_the_operator(tmp_path):
+    params = make_test_params("alice", "bob")
+    R = params.finality_depth
+    shared = MemoryChain(params)
+    base = build_branch(shared, 1, M1, 900_000, "shared")
+    branches = {}
+    for tag, miner, length, offset in (("ours", M1, R + 3, 0), ("short", M2, R + 1, 1), ("long", M2, R + 4, 0)):
+        chain = MemoryChain(params)
+        for block in base:
+            chain.apply(block)
+        branches[tag] = build_branch(chain, length, miner, 900_000, tag, slot_offset=offset)
+    ours, short, long = branches["ours"], branches["short"], branches["long"]
+
+    # A split R deep: the longer branch takes over by itself.
+    with ChainState.open(tmp_path / "heals", params) as store:
+        for block in base + ours[:R]:
+            assert submit(store, block).status is BlockStatus.CONNECTED
+        results = [submit(store, block) for block in short]
+        assert results[-1].status is BlockStatus.CONNECTED and store.tip_hash == short[-1].hash
+        store.check_consistency()
+
+    # A split deeper than R: refused with a clear reason, never stored; the operator's commands resolve it.
+    with ChainState.open(tmp_path / "deep", params) as store:
+        for block in base + ours:
+            assert submit(store, block).status is BlockStatus.CONNECTED
+        first = submit(store, long[0])
+        assert first.status is BlockStatus.REFUSED and "deeper than the finality window" in first.reason
+        assert "pouw chain invalidate" in first.reason
+        assert store.get_index(long[0].hash) is None and store.tip_hash == ours[-1].hash
+        store.invalidate_block(ours[0].hash)
+        assert store.tip_hash == base[-1].hash
+        assert submit(store, ours[-1]).status is BlockStatus.INVALID
+        for block in long:
+            assert submit(store, block).status is BlockStatus.CONNECTED
+        assert store.tip_hash == long[-1].hash
+        # Reconsidering makes our branch a valid candidate again; the longer one stays the tip.
+        store.reconsider_block(ours[0].hash)
+        assert store.get_invalid_reason(ours[-1].hash) is None and store.tip_hash == long[-1].hash
+        store.check_consistency()
 
 
 def test_invalid_block_on_better_branch_is_never_stored(tmp_path):
@@ -169,7 +199,7 @@ def test_a_block_from_the_future_is_refused_but_not_remembered(tmp_path):
     with ChainState.open(tmp_path / "db", PARAMS) as store:
         early = block.header.timestamp - PARAMS.clock_skew_seconds - 1
         result = store.process_new_block(block, early, unchecked_work)
-        assert result.status is BlockStatus.INVALID and "from the future" in result.reason
+        assert result.status is BlockStatus.REFUSED and "from the future" in result.reason
         assert store.process_new_block(block, block.header.timestamp, unchecked_work).status is BlockStatus.CONNECTED
 
 
@@ -242,7 +272,9 @@ from pouw.encoding import decode
 from pouw.types import Block
 from consensus.chainstate import ChainState
 from consensus.fixtures import make_test_params
-params = make_test_params("alice", "bob")
+sys.path.insert(0, "tests")
+from chainutil import with_deep_finality
+params = with_deep_finality(make_test_params("alice", "bob"))
 blocks = [decode(Block, bytes.fromhex(line)) for line in Path(sys.argv[2]).read_text().split()]
 store = ChainState.open(sys.argv[1], params)
 for block in blocks:
@@ -274,7 +306,8 @@ def test_kill_at_any_moment_leaves_a_consistent_database(tmp_path):
     db = tmp_path / "db"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     for _ in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_WORKER, str(db), str(listing)], stdout=subprocess.PIPE, env=env)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_WORKER, str(db), str(listing)], stdout=subprocess.PIPE, env=env,
+                                cwd=Path(__file__).resolve().parents[1])
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.01, 0.4))
         proc.send_signal(signal.SIGKILL)
@@ -292,7 +325,9 @@ from pouw.encoding import decode
 from pouw.types import Block
 from consensus.chainstate import ChainState
 from consensus.fixtures import make_test_params
-params = make_test_params("alice", "bob")
+sys.path.insert(0, "tests")
+from chainutil import with_deep_finality
+params = with_deep_finality(make_test_params("alice", "bob"))
 honest = [decode(Block, bytes.fromhex(line)) for line in Path(sys.argv[2]).read_text().split()]
 better = [decode(Block, bytes.fromhex(line)) for line in Path(sys.argv[3]).read_text().split()]
 store = ChainState.open(sys.argv[1], params)
@@ -311,13 +346,13 @@ def test_killed_after_storing_a_better_branch_the_node_comes_back_on_it(tmp_path
     chain_a = MemoryChain(PARAMS)
     a = build_branch(chain_a, 3, M1, 500_000, "a")
     chain_b = MemoryChain(PARAMS)
-    b = build_branch(chain_b, 2, M2, 950_000, "b", slot_offset=1)
+    b = build_branch(chain_b, 4, M2, 950_000, "b", slot_offset=1)
     (tmp_path / "a.txt").write_text("\n".join(encode(x).hex() for x in a))
     (tmp_path / "b.txt").write_text("\n".join(encode(x).hex() for x in b))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     db = tmp_path / "db"
     proc = subprocess.Popen([sys.executable, "-c", STORE_ONLY_WORKER, str(db), str(tmp_path / "a.txt"), str(tmp_path / "b.txt")],
-                            stdout=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, env=env, cwd=Path(__file__).resolve().parents[1])
     line = proc.stdout.readline().split()
     assert line[0] == b"stored" and bytes.fromhex(line[1].decode()) == a[-1].hash  # still on the worse tip
     proc.send_signal(signal.SIGKILL)

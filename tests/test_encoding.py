@@ -36,7 +36,7 @@ PARAMS = make_test_params("alice", "bob")
 
 def sample_block() -> Block:
     chain = MemoryChain(PARAMS)
-    txs = (make_transfer(ALICE, BOB.public_key, 5, 0), make_task(BOB, 3 * COIN, 0, "enc"))
+    txs = (make_transfer(ALICE, BOB.public_key, 5, 0), make_task(BOB, (50 + 3) * COIN, 0, "enc"))
     return make_next_block(chain.state(), PARAMS, MINER, transactions=txs)
 
 

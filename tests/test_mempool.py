@@ -88,7 +88,7 @@ def test_add_encoded_matches_add(chain):
     tx = make_transfer(ALICE, BOB.public_key, 5, 0)
     assert pool.add_encoded(encode(tx), chain.state()) == get_tx_id(tx)
     assert pool.get(get_tx_id(tx)) == tx
-    task = make_task(BOB, 2 * COIN, 0)
+    task = make_task(BOB, (50 + 2) * COIN, 0)
     assert pool.add_encoded(bytearray(encode(task)), chain.state()) == task.task_id
 
 
@@ -200,7 +200,7 @@ def test_zero_amount_and_low_reward_rejected(chain):
 
 def test_other_consensus_rules_reject_as_invalid(chain):
     pool = TxPool(chain.params)
-    task = make_task(ALICE, 2 * COIN, 0)
+    task = make_task(ALICE, (50 + 2) * COIN, 0)
     same_blobs = dataclasses.replace(task, test_blob=task.train_blob).signed_by(ALICE)
     err = expect_reject("invalid", pool.add, same_blobs, chain.state())
     assert "same" in err.message
@@ -235,8 +235,8 @@ def test_replacement_fee_rule():
 def test_replacement_with_same_fee_but_higher_rate_is_refused(chain):
     pool = TxPool(chain.params)
     state = chain.state()
-    long = make_task(ALICE, 2 * COIN, 0, "x" * 190, fee=5000)
-    short = make_task(ALICE, 2 * COIN, 0, "x", fee=5000)
+    long = make_task(ALICE, (50 + 2) * COIN, 0, "x" * 190, fee=5000)
+    short = make_task(ALICE, (50 + 2) * COIN, 0, "x", fee=5000)
     pool.add(long, state)
     assert len(encode(long)) * 10 > len(encode(short)) * 11  # far more than 10% cheaper per byte
     expect_reject("replacement-fee-too-low", pool.add, short, state)
@@ -262,7 +262,7 @@ def test_replacement_in_middle_keeps_descendants_and_rechecks_balance():
 def test_task_replaced_by_transfer_leaves_task_pool(chain):
     pool = TxPool(chain.params)
     state = chain.state()
-    task = make_task(ALICE, 2 * COIN, 0, fee=2000)
+    task = make_task(ALICE, (50 + 2) * COIN, 0, fee=2000)
     pool.add(task, state)
     assert task.task_id in pool.tasks
     pool.add(make_transfer(ALICE, BOB.public_key, 5, 0, fee=10_000), state)
@@ -335,7 +335,7 @@ def test_eviction_by_bytes_may_take_several():
     params = make_test_params("alice", "bob", "carol", "dave")
     state = MemoryChain(params).state()
     size = len(encode(make_transfer(ALICE, SINK, 5, 0, fee=1000)))
-    task = make_task(DAVE, 2 * COIN, 0, "big" * 60, fee=60_000)
+    task = make_task(DAVE, (50 + 2) * COIN, 0, "big" * 60, fee=60_000)
     # Room for three transfers, or the task and one transfer: the task must evict two.
     pool = TxPool(params, max_bytes=max(3 * size, len(encode(task)) + size) + 2)
     assert len(encode(task)) > size
@@ -390,8 +390,8 @@ def test_select_for_block_skips_what_no_longer_applies():
     p = chain.params
     pool = TxPool(p)
     state = chain.state()
-    t1 = make_task(ALICE, 2 * COIN, 0, "one", fee=9000)
-    t2 = make_task(BOB, 3 * COIN, 0, "two", fee=8000)
+    t1 = make_task(ALICE, (50 + 2) * COIN, 0, "one", fee=9000)
+    t2 = make_task(BOB, (50 + 3) * COIN, 0, "two", fee=8000)
     after = make_transfer(BOB, SINK, 5, 1, fee=50_000)
     c0 = make_transfer(CAROL, SINK, 5, 0, fee=1000)
     for tx in (t1, t2, after, c0):
@@ -429,7 +429,7 @@ def test_remove_for_block_drops_included_and_invalidated():
 def test_task_confirmed_leaves_task_pool(chain):
     p = chain.params
     pool = TxPool(p)
-    task = make_task(ALICE, 2 * COIN, 0)
+    task = make_task(ALICE, (50 + 2) * COIN, 0)
     pool.add(task, chain.state())
     assert pool.tasks.peek() == task
     block = make_next_block(chain.state(), p, MINER, transactions=tuple(pool.select_for_block(chain.state())))
@@ -536,8 +536,8 @@ def test_add_many_with_threads_matches_sequential(chain):
         Transfer(ALICE.public_key, BOB.public_key, 2**64, 1000, 0),
         Transfer(ALICE.public_key, BOB.public_key, True, 1000, 0),
         Transfer(ALICE.public_key, BOB.public_key, 5, 1000, 0, signature="x" * 64),
-        dataclasses.replace(make_task(ALICE, 2 * COIN, 0), title=7),
-        dataclasses.replace(make_task(ALICE, 2 * COIN, 0), model="unet"),
+        dataclasses.replace(make_task(ALICE, (50 + 2) * COIN, 0), title=7),
+        dataclasses.replace(make_task(ALICE, (50 + 2) * COIN, 0), model="unet"),
     ],
 )
 def test_malformed_objects_are_rejected(chain, thing):
@@ -565,7 +565,7 @@ def test_fast_paths_agree_with_the_codec():
     data = encode(tx)
     assert decode_transaction(data, 1 << 20) == tx
     assert compute_signing_payload(tx, data) == tx.signing_payload()
-    task = make_task(ALICE, 2 * COIN, 0)
+    task = make_task(ALICE, (50 + 2) * COIN, 0)
     assert compute_signing_payload(task, encode(task)) == task.signing_payload()
 
 

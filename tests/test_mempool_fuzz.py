@@ -231,7 +231,7 @@ def test_seeded_simulation_reaches_every_pool_rule():
             fee = rng.choice([100, 300, 1000, 2000, 5000, 20_000, 80_000])
             if rng.random() < 0.2:
                 label = f"sim{step}" * rng.randint(1, 20)
-                tx = make_task(key, 1 * COIN, nonce, label, fee=fee * 4)
+                tx = make_task(key, (50 + 1) * COIN, nonce, label, fee=fee * 4)
                 labels[tx.task_id] = label
             else:
                 tx = make_transfer(key, SINK, rng.choice([1, COIN // 2, 2 * COIN, 12 * COIN]), nonce, fee=fee)

@@ -32,7 +32,7 @@ def test_max_heap_by_reward():
 
 def test_equal_rewards_break_ties_by_lower_task_id_like_consensus():
     pool = TaskPool()
-    tasks = [make_task(ALICE, 2 * COIN, 0, f"tie{i}") for i in range(6)]
+    tasks = [make_task(ALICE, (50 + 2) * COIN, 0, f"tie{i}") for i in range(6)]
     for t in tasks:
         pool.add(t)
     order = [t.task_id for t in pool.ranked()]
@@ -45,7 +45,7 @@ def test_equal_rewards_break_ties_by_lower_task_id_like_consensus():
 
 def test_remove_and_duplicates():
     pool = TaskPool()
-    a, b = make_task(ALICE, 2 * COIN, 0, "a"), make_task(BOB, 9 * COIN, 0, "b")
+    a, b = make_task(ALICE, (50 + 2) * COIN, 0, "a"), make_task(BOB, (50 + 9) * COIN, 0, "b")
     pool.add(a)
     pool.add(b)
     with pytest.raises(MempoolReject) as info:
@@ -65,7 +65,7 @@ def test_heap_matches_sorted_order_under_removals(ops):
     pool = TaskPool()
     live = {}
     for i, (reward, remove_one) in enumerate(ops):
-        t = make_task(ALICE, reward * COIN, 0, f"p{i}")
+        t = make_task(ALICE, (50 + reward) * COIN, 0, f"p{i}")
         pool.add(t)
         live[t.task_id] = t
         if remove_one and live:
@@ -84,18 +84,21 @@ def test_heap_matches_sorted_order_under_removals(ops):
 def test_listing_merges_chain_queue_with_pending():
     params = make_test_params("alice", "bob", "carol")
     chain = MemoryChain(params)
-    t9, t5 = make_task(ALICE, 9 * COIN, 0, "nine"), make_task(BOB, 5 * COIN, 0, "five")
-    # Block 1 confirms both; the best is scheduled for height 3, the other waits in the queue.
+    t9, t5 = make_task(ALICE, (50 + 9) * COIN, 0, "nine"), make_task(BOB, (50 + 5) * COIN, 0, "five")
+    # Block 1 confirms both; once mature the best is scheduled (for height 2 + M + 1), the other waits in the queue.
     chain.apply(make_next_block(chain.state(), params, MINER, transactions=(t9, t5)))
+    for _ in range(params.task_maturity_blocks):
+        chain.apply(make_next_block(chain.state(), params, MINER))
+    tip = chain.state().get_status().height
     pool = TxPool(params)
-    t7 = make_task(CAROL, 7 * COIN, 0, "seven")
-    t3 = make_task(ALICE, 3 * COIN, 1, "three")
+    t7 = make_task(CAROL, (50 + 7) * COIN, 0, "seven")
+    t3 = make_task(ALICE, (50 + 3) * COIN, 1, "three")
     pool.add(t7, chain.state())
     pool.add(t3, chain.state())
     rows = compute_task_listing(chain.state(), pool.tasks, params)
-    assert [(r.status, r.height) for r in rows[:2]] == [(TASK_SCHEDULED, 2), (TASK_SCHEDULED, 3)]
+    assert [(r.status, r.height) for r in rows[:2]] == [(TASK_SCHEDULED, tip + 1), (TASK_SCHEDULED, tip + 2)]
     assert rows[0].task_id == params.standing_task.task_id and rows[0].title == "standing task"
-    assert rows[1].task_id == t9.task_id and rows[1].reward == 9 * COIN and rows[1].title == "test task nine"
+    assert rows[1].task_id == t9.task_id and rows[1].reward == 59 * COIN and rows[1].title == "test task nine"
     assert [(r.task_id, r.status) for r in rows[2:]] == [
         (t7.task_id, TASK_PENDING),
         (t5.task_id, TASK_WAITING),

@@ -34,6 +34,7 @@ from pouw.types import (
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_NORMAL,
+    MODE_STALE,
     Allocation,
     Block,
     ChainParams,
@@ -63,13 +64,15 @@ class NodeUnderTest:
         return [line for line in self.lines if "rejected" in line]
 
     def add_standing_block(self, miner: KeyPair, slot: int) -> Block:
-        """A real block (trained, scored, signed) with the pending transactions, taken down the node's block road."""
+        """A real block (trained, scored, signed) with the pending transactions and the next task's training key
+        if this node's publisher holds it, taken down the node's block road."""
         core = self.node.core
         with core.lock:
             state = self.chain.state()
             txs = tuple(core.txpool.select_for_block(state))
+            next_key = core.keys.mine.get(state.get_status().scheduled[1].task_id, {}).get(KEY_TRAIN)
         block = mine_standing_block(state, self.params, miner, self.node.blobs, self.node.get_blob_url(),
-                                    self.datadir / "test-miner", slot=slot, transactions=txs)
+                                    self.datadir / "test-miner", slot=slot, transactions=txs, next_train_key=next_key)
         result = core.process_block(block, time.time())
         assert result.status is BlockStatus.CONNECTED, result.reason
         return block
@@ -115,16 +118,13 @@ MINER = KeyPair.from_seed(bytes(range(32)))
 P = make_params(1_700_000_000, phase1=20, phase2=10)
 
 
-def test_train_mode_waits_for_the_key_then_falls_back_to_the_standing_task():
-    t0 = get_slot_start(P, 5)
-    grace = P.key_grace_seconds
-    assert plan.decide_train_mode(P, 5, t0 + 0.1, standing=False, train_key_ok=False) is plan.WAIT
-    assert plan.decide_train_mode(P, 5, t0 + grace - 0.01, standing=False, train_key_ok=False) is plan.WAIT
-    assert plan.decide_train_mode(P, 5, t0 + grace, standing=False, train_key_ok=False) == MODE_NO_TRAIN_KEY
-    assert plan.decide_train_mode(P, 5, t0 + 0.1, standing=False, train_key_ok=True) == MODE_NORMAL
-    # The standing task needs no key, and a late key after the fallback point still counts.
-    assert plan.decide_train_mode(P, 5, t0, standing=True, train_key_ok=False) == MODE_NORMAL
-    assert plan.decide_train_mode(P, 5, t0 + 100, standing=False, train_key_ok=True) == MODE_NORMAL
+def test_train_mode_is_what_the_chain_dictates():
+    # The standing task needs no key; a published task is stale outside its fresh slot, falls back to the
+    # standing task without its training key on chain, and trains on its own data otherwise.
+    assert plan.decide_train_mode(standing=True, fresh_slot=False, train_key_on_chain=False) == MODE_NORMAL
+    assert plan.decide_train_mode(standing=False, fresh_slot=False, train_key_on_chain=True) == MODE_STALE
+    assert plan.decide_train_mode(standing=False, fresh_slot=True, train_key_on_chain=False) == MODE_NO_TRAIN_KEY
+    assert plan.decide_train_mode(standing=False, fresh_slot=True, train_key_on_chain=True) == MODE_NORMAL
 
 
 def test_score_mode_waits_for_the_test_key_then_scores_on_the_training_set():
@@ -133,18 +133,19 @@ def test_score_mode_waits_for_the_test_key_then_scores_on_the_training_set():
     assert plan.decide_score_mode(P, 5, t2 + 0.1, MODE_NORMAL, False, test_key_ok=False) is plan.WAIT
     assert plan.decide_score_mode(P, 5, t2 + grace, MODE_NORMAL, False, test_key_ok=False) == MODE_NO_TEST_KEY
     assert plan.decide_score_mode(P, 5, t2 + 0.1, MODE_NORMAL, False, test_key_ok=True) == MODE_NORMAL
-    # Mode 1 and the standing task are settled in Phase 1.
+    # Modes 1 and 3 and the standing task are settled in Phase 1.
     assert plan.decide_score_mode(P, 5, t2, MODE_NO_TRAIN_KEY, False, test_key_ok=False) == MODE_NO_TRAIN_KEY
+    assert plan.decide_score_mode(P, 5, t2, MODE_STALE, False, test_key_ok=True) == MODE_STALE
     assert plan.decide_score_mode(P, 5, t2, MODE_NORMAL, True, test_key_ok=False) == MODE_NORMAL
 
 
 def test_key_reveals_follow_the_mode():
-    tid, k1, k2 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
-    assert [r.which for r in plan.get_key_reveals(tid, False, MODE_NORMAL, k1, k2)] == [KEY_TRAIN, KEY_TEST]
-    assert [r.key for r in plan.get_key_reveals(tid, False, MODE_NO_TEST_KEY, k1, None)] == [k1]
-    assert plan.get_key_reveals(tid, False, MODE_NO_TRAIN_KEY, None, None) == ()
-    assert plan.get_key_reveals(tid, True, MODE_NORMAL, None, None) == ()
+    tid, nid, k1, k2 = b"\x01" * 32, b"\x04" * 32, b"\x02" * 32, b"\x03" * 32
+    assert [(r.task_id, r.which) for r in plan.get_key_reveals(tid, MODE_NORMAL, k1, nid, k2)] == [(tid, KEY_TEST), (nid, KEY_TRAIN)]
+    assert plan.get_key_reveals(tid, MODE_NO_TEST_KEY, None, None, None) == ()
+    assert [r.key for r in plan.get_key_reveals(tid, MODE_NO_TRAIN_KEY, None, nid, k2)] == [k2]
     assert get_work_task_id(P, tid, MODE_NO_TRAIN_KEY) == P.standing_task.task_id
+    assert get_work_task_id(P, tid, MODE_STALE) == P.standing_task.task_id
     assert get_work_task_id(P, tid, MODE_NO_TEST_KEY) == tid
 
 
@@ -250,10 +251,14 @@ def test_miner_mines_a_published_task_and_the_publisher_gets_the_model(node_fact
     assert runner.invoke(main, ["wallet", "new", "--key-file", str(key_file), "--fast-kdf"]).exit_code == 0
     publisher = bytes.fromhex(runner.invoke(main, ["wallet", "address", "--key-file", str(key_file)]).output.strip())
 
-    # Slots 0 and 1 (past) get real standing-task blocks (block 1 carries the task, so it is scheduled for
-    # height 3); the miner then mines height 3 in the first slot it finds in Phase 1 from now on.
+    # Block 1 (slot 0) carries the task; it matures after M blocks and is selected by block 1 + M for height
+    # 3 + M. Blocks up to 2 + M are real standing-task blocks in past slots; the last of them carries the task's
+    # training key, in Phase 2 of the slot just before the one the miner mines the task in.
     L = 12
-    genesis = int(time.time()) - 2 * L - 8
+    params0 = make_devnet_params(genesis_time=0, phase1_seconds=8, phase2_seconds=4)
+    M = params0.task_maturity_blocks
+    last = 1 + M  # the slot of block 2 + M
+    genesis = int(time.time()) - 2 * L  # each block waits for its slot's Phase 2: the last one lands a few s from now
     params = make_devnet_params(genesis_time=genesis, phase1_seconds=8, phase2_seconds=4,
                                 allocations=(Allocation(publisher, 1000 * COIN),))
     node = node_factory(params)
@@ -261,15 +266,20 @@ def test_miner_mines_a_published_task_and_the_publisher_gets_the_model(node_fact
     dataset = write_synthetic_dataset_dir(tmp_path / "ds", b"\x07" * 32, 16, 8, spec)
     task_cli = click.Group("task", commands={c.name: c for c in COMMANDS})
     common = ["--node", node.url, "--datadir", str(node.datadir)]
-    res = runner.invoke(task_cli, ["submit", str(dataset), "--reward", "25", "--model", "unet2d", "--base-filters", "4",
+    res = runner.invoke(task_cli, ["submit", str(dataset), "--reward", "60", "--model", "unet2d", "--base-filters", "4",
                                    "--patch-size", "32,32", "--batch-size", "4", "--lr", "0.01", "--title", "circles",
                                    "--key-file", str(key_file), "--json", *common])
     assert res.exit_code == 0, res.output
     task_id = bytes.fromhex(json.loads(res.output)["task_id"])
     assert node.node.core.keys.mine[task_id]  # the node holds the keys to reveal
-    node.add_standing_block(KeyPair.from_seed(b"\x09" * 32), slot=0)
-    node.add_standing_block(KeyPair.from_seed(b"\x09" * 32), slot=1)
-    assert node.chain.state().get_status().scheduled[0].task_id == task_id
+    for slot in range(last + 1):
+        while time.time() < get_phase2_start(params, slot) + 0.5:
+            time.sleep(0.1)
+        if slot == last:
+            assert node.chain.state().get_status().scheduled[1].task_id == task_id
+        node.add_standing_block(KeyPair.from_seed(b"\x09" * 32), slot=slot)
+    status = node.chain.state().get_status()
+    assert status.scheduled[0].task_id == task_id and status.train_key, "the training key is on chain"
     listing = runner.invoke(task_cli, ["list", *common])
     assert "scheduled" in listing.output and "circles" in listing.output
 
@@ -277,13 +287,13 @@ def test_miner_mines_a_published_task_and_the_publisher_gets_the_model(node_fact
     config = MinerConfig(keypair=MINER, workdir=tmp_path / "miner", threads=2, progress=False)
     rpc = NodeLink(RpcClient(node.url, datadir=node.datadir), reporter)
     [claim] = Miner(rpc, config, reporter).run(once=True)
-    assert claim.task_id == task_id and claim.mode == MODE_NORMAL and claim.height == 3
+    assert claim.task_id == task_id and claim.mode == MODE_NORMAL and claim.height == 3 + M
     assert reporter.events("prefetched") and reporter.events("train-key")
-    block = node.wait_for_height(3, 30)
+    block = node.wait_for_height(3 + M, 30)
     assert node.rejections() == []
     state = node.chain.state()
-    assert state.get_account(MINER.public_key).balance == params.block_reward + 25 * COIN
-    assert [r.which for r in block.body.key_reveals] == [KEY_TRAIN, KEY_TEST]
+    assert state.get_account(MINER.public_key).balance == 60 * COIN  # a published task pays its escrow, it mints nothing
+    assert [r.which for r in block.body.key_reveals] == [KEY_TEST]
 
     status = runner.invoke(task_cli, ["status", task_id.hex(), *common])
     assert status.exit_code == 0 and "mined" in status.output

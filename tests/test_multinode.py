@@ -42,14 +42,15 @@ def key(name: str) -> KeyPair:
 HONEST, LIAR, THIEF, PUBLISHER, OTHER = (key(n) for n in ("honest", "liar", "thief", "publisher", "other"))
 
 
-def make_params(phase1: int, phase2: int, margin: int = 8):
+def make_params(phase1: int, phase2: int, margin: int = 8, **changes):
     funded = (HONEST, LIAR, THIEF, PUBLISHER, OTHER)
-    return make_devnet_params(
+    params = make_devnet_params(
         int(time.time()) + margin,
         tuple(Allocation(k.public_key, 1_000 * COIN) for k in funded),
         phase1_seconds=phase1,
         phase2_seconds=phase2,
     )
+    return dataclasses.replace(params, **changes)
 
 
 def start_node(root: Path, name: str, params, bootstrap=(), claim_wait: float | None = None) -> FullNode:
@@ -161,7 +162,7 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
         nodes.append(a)
         b = start_node(tmp_path, "b", params, a.p2p_addrs(), claim_wait=6.5)
         nodes.append(b)
-        silent = submit_silent_task(a, tmp_path, reward_coins=4)
+        silent = submit_silent_task(a, tmp_path, reward_coins=60)
         publisher_start = 1_000 * COIN
         miners.append(MinerThread(a, HONEST, tmp_path / "honest").start())
         liar = MinerThread(b, LIAR, tmp_path / "liar", LyingLink, liar=LIAR, params=params).start()
@@ -198,24 +199,27 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
         with pytest.raises(RpcError, match="not-committed"):  # a model never committed at all
             rpc.call("submitclaim", hex=encode(Claim(claim_with(uncommitted, fresh))).hex())
 
-        wait_until(lambda: all(n.chain.tip_height >= 3 for n in nodes), 200, "three blocks on both nodes")
+        task_height = 3 + params.task_maturity_blocks  # included in block 1, selected by block 1 + M
+        wait_until(lambda: all(n.chain.tip_height >= task_height for n in nodes), 400, "the silent task's height on both nodes")
         for m in miners:
             m.stop()
         wait_until(lambda: len({n.chain.tip_hash for n in nodes}) == 1, 30, "agreement")
 
         # The liar claimed more than the honest miner every time and never won.
         assert liar.link.lies, "the lying miner sent no claim"
-        for height in (1, 2, 3):
+        for height in range(1, task_height + 1):
             assert a.chain.get_block_at(height).header.miner == HONEST.public_key
         reasons = " ".join(a.lines + b.lines)
         assert "claimed Dice 999999 ppm, measured" in reasons
         assert a.chain.get_meta().state_checksum == b.chain.get_meta().state_checksum
 
-        # The silent publisher's task was selected for height 3, mined as the standing task and refunded.
-        block3 = a.chain.get_block_at(3)
-        assert block3.header.task_id == silent.task_id and block3.header.task_mode == MODE_NO_TRAIN_KEY
-        assert a.chain.state().get_account(PUBLISHER.public_key).balance == publisher_start - silent.fee
-        assert client(a).call("gettask", task_id=silent.task_id.hex())["status"] == "refunded"
+        # The silent publisher's task: its training key never reached the chain, so its height was mined on the
+        # standing task (mode 1) and the escrow forfeited what the block minted; the rest went back.
+        block = a.chain.get_block_at(task_height)
+        assert block.header.task_id == silent.task_id and block.header.task_mode == MODE_NO_TRAIN_KEY
+        balance = a.chain.state().get_account(PUBLISHER.public_key).balance
+        assert balance == publisher_start - silent.fee - params.block_reward
+        assert client(a).call("gettask", task_id=silent.task_id.hex())["status"] == "forfeited"
     finally:
         for m in miners:
             m.stop()
@@ -224,7 +228,9 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
 
 
 def test_network_split_heals_by_fork_choice(tmp_path):
-    params = make_params(phase1=10, phase2=6)
+    # The split must stay within the finality window to heal by itself (a deeper one needs an operator:
+    # tests/adversarial/test_forks.py); each side mines about two blocks before they meet.
+    params = make_params(phase1=10, phase2=6, finality_depth=6, task_maturity_blocks=7)
     nodes, miners = [], []
     try:
         a = start_node(tmp_path, "a", params)
@@ -254,7 +260,7 @@ def test_network_split_heals_by_fork_choice(tmp_path):
 def test_devnet_processes_agree_pay_and_a_late_node_syncs(tmp_path):
     from pouw.devnet import Devnet, DevnetOptions
 
-    options = DevnetOptions(root=tmp_path / "net", nodes=3, miners=2, blocks=3, phase1=15, phase2=8, tasks=(5, 9), timeout=400)
+    options = DevnetOptions(root=tmp_path / "net", nodes=3, miners=2, blocks=6, phase1=15, phase2=8, tasks=(60, 90), timeout=600)
     with Devnet(options, emit=lambda line: None) as net:
         net.start()
         task_ids = net.submit_tasks()
@@ -265,18 +271,20 @@ def test_devnet_processes_agree_pay_and_a_late_node_syncs(tmp_path):
         infos = [net.client(i).call("getinfo") for i in range(3)]
         assert len({i["state_checksum"] for i in infos}) == 1
 
-        # Blocks 1-2 mine the standing task; block 3 the higher-reward task, submitted before block 1.
+        # Blocks 1-5 mine the standing task; block 6 the higher-reward task, submitted before block 1 and selected
+        # once mature (block 1 + M selects height 3 + M).
         rpc = net.client(0)
-        chain = [rpc.call("getblock", ref=h) for h in range(1, 4)]
-        assert [c["header"]["task_id"] for c in chain[:2]] == [params_standing(net)] * 2
-        assert chain[2]["header"]["task_id"] == task_ids[1]
+        task_height = 3 + net.params.task_maturity_blocks
+        chain = [rpc.call("getblock", ref=h) for h in range(1, task_height + 1)]
+        assert [c["header"]["task_id"] for c in chain[:-1]] == [params_standing(net)] * (task_height - 1)
+        assert chain[-1]["header"]["task_id"] == task_ids[1] and chain[-1]["header"]["task_mode"] == 0
 
-        # Each miner's balance is its allocation plus, per block won, reward + fees (+ the task's escrow).
+        # Each miner's balance is its allocation plus, per block won, the fees and either the block reward
+        # (standing task) or the task's escrow (a published task mints nothing).
         expected: dict[str, int] = {}
         for c in chain:
-            pay = net.params.block_reward + sum(tx["fee"] for tx in c["transactions"])
-            if c["header"]["task_id"] == task_ids[1]:
-                pay += 9 * COIN
+            pay = sum(tx["fee"] for tx in c["transactions"])
+            pay += 90 * COIN if c["header"]["task_id"] == task_ids[1] else net.params.block_reward
             expected[c["header"]["miner"]] = expected.get(c["header"]["miner"], 1_000 * COIN) + pay
         for address, balance in expected.items():
             assert rpc.call("getbalance", address=address)["balance"] == balance
@@ -290,7 +298,7 @@ def test_devnet_processes_agree_pay_and_a_late_node_syncs(tmp_path):
         wait_until(lambda: late.call("getinfo")["tip"] == tips[0], 120, "the late node to sync")
         assert late.call("getinfo")["state_checksum"] == infos[0]["state_checksum"]
         assert "rejected" not in proc.log_path.read_text()
-        assert len(blocks) == 3
+        assert len(blocks) == 6
 
 
 def params_standing(net) -> str:

@@ -13,19 +13,24 @@ from consensus.fixtures import (
     make_keypair,
     make_next_block,
     make_task,
+    make_task_keys,
     make_test_params,
     make_transfer,
 )
 from consensus.genesis import COIN
-from consensus.rules import compute_body_root
+from consensus.rules import compute_body_root, get_scheduled_task_id
 from consensus.transition import InvalidBlock, apply_block
 from pouw.encoding import encode
 from pouw.types import (
+    KEY_TEST,
+    KEY_TRAIN,
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_NORMAL,
+    MODE_STALE,
     Block,
     KeyReveal,
+    ScheduledTask,
     WorkProof,
 )
 
@@ -176,61 +181,74 @@ def test_work_signature_is_checked(chain):
     expect_invalid(chain, resign(block, work_signature=b"\x00" * 64), "bad work signature")
 
 
-def test_task_selection_two_blocks_back_highest_reward_first(chain):
+def advance_to_task(chain, task_id, labels, *, carry_key: bool = True) -> None:
+    """Apply standing-task blocks until the next height mines `task_id` (the last one carries its training key or not)."""
     p = chain.params
-    low = make_task(ALICE, 5 * COIN, 0, "low")
-    high = make_task(BOB, 9 * COIN, 0, "high")
+    while get_scheduled_task_id(chain.state().get_status()) != task_id:
+        last = chain.state().get_status().scheduled[1].task_id == task_id
+        chain.apply(make_next_block(chain.state(), p, MINER, task_labels=labels, carry_next_train_key=carry_key or not last))
+
+
+def test_task_selection_waits_for_maturity_then_highest_reward_first(chain):
+    p = chain.params
+    low = make_task(ALICE, 60 * COIN, 0, "low")
+    high = make_task(BOB, 90 * COIN, 0, "high")
     labels = {low.task_id: "low", high.task_id: "high"}
     chain.apply(make_next_block(chain.state(), p, MINER, transactions=(low, high)))  # height 1
+    # Included at height 1, the tasks may be selected from block 1 + M on: block 4 selects height 6.
+    for height in range(2, 2 + p.task_maturity_blocks):
+        status = chain.state().get_status()
+        assert status.scheduled[1].task_id == p.standing_task.task_id, f"selected before maturity at {height - 1}"
+        chain.apply(make_next_block(chain.state(), p, MINER, task_labels=labels))
     status = chain.state().get_status()
-    # Selected from the state after block 1 for height 3; height 2 was fixed at genesis.
-    assert [s.height for s in status.scheduled] == [2, 3]
-    assert status.scheduled[0].task_id == p.standing_task.task_id
-    assert status.scheduled[1].task_id == high.task_id
+    assert status.height == 1 + p.task_maturity_blocks
+    assert status.scheduled[1] == ScheduledTask(status.height + 2, high.task_id)
     assert [q.task_id for q in status.unselected] == [low.task_id]
-    chain.apply(make_next_block(chain.state(), p, MINER, task_labels=labels))  # height 2: standing
-    assert chain.state().get_status().scheduled[1].task_id == low.task_id
+    advance_to_task(chain, high.task_id, labels)
+    assert chain.state().get_status().train_key == make_task_keys("high")[0], "the parent carries the training key"
     balance = chain.state().get_account(MINER.public_key).balance
-    block3 = make_next_block(chain.state(), p, MINER, task_labels=labels)
-    assert block3.header.task_id == high.task_id
-    chain.apply(block3)
-    assert chain.state().get_account(MINER.public_key).balance == balance + p.block_reward + 9 * COIN
+    block = make_next_block(chain.state(), p, MINER, task_labels=labels)
+    assert block.header.task_id == high.task_id and block.header.task_mode == MODE_NORMAL
+    assert [(r.task_id, r.which) for r in block.body.key_reveals] == [(high.task_id, KEY_TEST), (low.task_id, KEY_TRAIN)]
+    chain.apply(block)
+    # A published task pays its escrow and fees; it mints nothing.
+    assert chain.state().get_account(MINER.public_key).balance == balance + 90 * COIN
     assert chain.state().get_task(high.task_id).escrow == 0
-    block4 = make_next_block(chain.state(), p, MINER, task_labels=labels)
-    assert block4.header.task_id == low.task_id
-    chain.apply(block4)
-    # Queue empty again: the standing task comes back.
+    block = make_next_block(chain.state(), p, MINER, task_labels=labels)
+    assert block.header.task_id == low.task_id and block.header.task_mode == MODE_NORMAL
+    chain.apply(block)
     assert chain.state().get_status().scheduled[1].task_id == p.standing_task.task_id
 
 
 def test_equal_rewards_are_ordered_by_task_id(chain):
     p = chain.params
-    a = make_task(ALICE, 5 * COIN, 0, "a")
-    b = make_task(BOB, 5 * COIN, 0, "b")
+    a = make_task(ALICE, 60 * COIN, 0, "a")
+    b = make_task(BOB, 60 * COIN, 0, "b")
     chain.apply(make_next_block(chain.state(), p, MINER, transactions=(a, b)))
-    first = min(a.task_id, b.task_id)
-    assert chain.state().get_status().scheduled[1].task_id == first
+    for _ in range(p.task_maturity_blocks):
+        chain.apply(make_next_block(chain.state(), p, MINER))
+    assert chain.state().get_status().scheduled[1].task_id == min(a.task_id, b.task_id)
 
 
 def test_task_submission_escrows_reward(chain):
     p = chain.params
-    task = make_task(ALICE, 5 * COIN, 0, "x", fee=2000)
+    task = make_task(ALICE, 60 * COIN, 0, "x", fee=2000)
     chain.apply(make_next_block(chain.state(), p, MINER, transactions=(task,)))
     state = chain.state()
-    assert state.get_account(ALICE.public_key).balance == 1_000_000 * COIN - 5 * COIN - 2000
-    assert state.get_task(task.task_id).escrow == 5 * COIN
+    assert state.get_account(ALICE.public_key).balance == 1_000_000 * COIN - 60 * COIN - 2000
+    assert state.get_task(task.task_id).escrow == 60 * COIN
     assert state.get_status().supply == 2_000_000 * COIN + p.block_reward
 
 
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        (dict(reward=1), "below the minimum"),
+        (dict(reward=49 * COIN), "below the minimum"),
         (dict(test_blob=None), "are the same"),
     ],
 )
 def test_task_submission_rules(chain, change, fragment):
-    task = make_task(ALICE, 5 * COIN, 0, "x")
+    task = make_task(ALICE, 60 * COIN, 0, "x")
     if "test_blob" in change:
         change = dict(test_blob=task.train_blob)
     bad = dataclasses.replace(task, **change).signed_by(ALICE)
@@ -239,18 +257,18 @@ def test_task_submission_rules(chain, change, fragment):
 
 
 def test_task_keys_shared_are_rejected(chain):
-    task = make_task(ALICE, 5 * COIN, 0, "x")
+    task = make_task(ALICE, 60 * COIN, 0, "x")
     shared = dataclasses.replace(task.test_blob, key_commitment=task.train_blob.key_commitment)
     bad = dataclasses.replace(task, test_blob=shared).signed_by(ALICE)
     block = make_next_block(chain.state(), chain.params, MINER)
     expect_invalid(chain, rebody(block, transactions=(bad,)), "share a key")
 
 
-def _chain_at_task(chain) -> tuple[bytes, dict]:
-    task = make_task(ALICE, 5 * COIN, 0, "k")
+def _chain_at_task(chain, *, carry_key: bool = True) -> tuple[bytes, dict]:
+    task = make_task(ALICE, 60 * COIN, 0, "k")
     labels = {task.task_id: "k"}
     chain.apply(make_next_block(chain.state(), chain.params, MINER, transactions=(task,)))
-    chain.apply(make_next_block(chain.state(), chain.params, MINER))
+    advance_to_task(chain, task.task_id, labels, carry_key=carry_key)
     return task.task_id, labels
 
 
@@ -258,36 +276,78 @@ def test_key_reveals_must_match_commitments(chain):
     task_id, labels = _chain_at_task(chain)
     block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels)
     assert block.header.task_id == task_id
-    expect_invalid(chain, rebody(block, key_reveals=block.body.key_reveals[:1]), "key reveals must be exactly")
-    wrong = (block.body.key_reveals[0], KeyReveal(task_id, 1, b"\x07" * 32))
-    expect_invalid(chain, rebody(block, key_reveals=wrong), "does not match its commitment")
+    expect_invalid(chain, rebody(block, key_reveals=(KeyReveal(task_id, KEY_TEST, b"\x07" * 32),)), "does not match its commitment")
+    expect_invalid(chain, rebody(block, key_reveals=block.body.key_reveals * 2), "second key reveal must be the next task's training key")
     chain.apply(block)
 
 
-def test_missing_training_key_refunds_escrow_and_mines_standing_task(chain):
+def test_the_next_training_key_must_be_the_next_tasks(chain):
+    task = make_task(ALICE, 60 * COIN, 0, "n")
+    labels = {task.task_id: "n"}
+    chain.apply(make_next_block(chain.state(), chain.params, MINER, transactions=(task,)))
+    while chain.state().get_status().scheduled[1].task_id != task.task_id:
+        chain.apply(make_next_block(chain.state(), chain.params, MINER))
+    block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels)
+    [reveal] = block.body.key_reveals
+    assert reveal == KeyReveal(task.task_id, KEY_TRAIN, make_task_keys("n")[0])
+    expect_invalid(chain, rebody(block, key_reveals=(KeyReveal(task.task_id, KEY_TRAIN, b"\x01" * 32),)), "does not match")
+    expect_invalid(chain, rebody(block, key_reveals=(KeyReveal(b"\x09" * 32, KEY_TRAIN, reveal.key),)), "next task's training key")
+
+
+def test_a_mode_the_chain_does_not_dictate_is_invalid(chain):
+    """Mode downgrade: with the training key on chain, neither mode 1 nor an omitted test key posing as mode 1 passes."""
     task_id, labels = _chain_at_task(chain)
-    alice_before = chain.state().get_account(ALICE.public_key).balance
-    block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels, task_mode=MODE_NO_TRAIN_KEY)
-    assert block.body.commit.task_id == chain.params.standing_task.task_id
+    block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels, carry_test_key=False, task_mode=MODE_NO_TRAIN_KEY)
+    expect_invalid(chain, block, "not the mode 2 the chain dictates")
+    block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels, task_mode=MODE_NO_TEST_KEY)
+    expect_invalid(chain, block, "not the mode 0 the chain dictates")
+
+
+def test_missing_training_key_forces_the_standing_task_and_burns_what_the_block_mints(chain):
+    task_id, labels = _chain_at_task(chain, carry_key=False)
+    p = chain.params
+    before = chain.state()
+    alice, supply = before.get_account(ALICE.public_key).balance, before.get_status().supply
+    block = make_next_block(before, p, MINER, task_labels=labels)
+    assert block.header.task_mode == MODE_NO_TRAIN_KEY
+    assert block.body.commit.task_id == p.standing_task.task_id
     assert block.body.key_reveals == ()
+    expect_invalid(chain, make_next_block(before, p, MINER, task_labels=labels, task_mode=MODE_NORMAL), "the chain dictates")
     chain.apply(block)
     state = chain.state()
-    assert state.get_account(ALICE.public_key).balance == alice_before + 5 * COIN
+    assert state.get_account(ALICE.public_key).balance == alice + 60 * COIN - p.block_reward
+    assert state.get_status().supply == supply + p.block_reward - p.block_reward
     assert state.get_task(task_id).escrow == 0
 
 
-def test_missing_test_key_pays_the_escrow(chain):
+def test_missing_test_key_pays_the_escrow_and_mints_nothing(chain):
     task_id, labels = _chain_at_task(chain)
     miner_before = chain.state().get_account(MINER.public_key).balance
-    block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels, task_mode=MODE_NO_TEST_KEY)
-    assert [r.which for r in block.body.key_reveals] == [0]
+    block = make_next_block(chain.state(), chain.params, MINER, task_labels=labels, carry_test_key=False)
+    assert block.header.task_mode == MODE_NO_TEST_KEY and block.body.key_reveals == ()
     chain.apply(block)
-    assert chain.state().get_account(MINER.public_key).balance == miner_before + chain.params.block_reward + 5 * COIN
+    assert chain.state().get_account(MINER.public_key).balance == miner_before + 60 * COIN
+
+
+def test_a_task_whose_slot_passed_expires_and_is_refunded(chain):
+    """The test key was due in the slot after the parent's; a later slot may know it: the task cannot be scored any more."""
+    task_id, labels = _chain_at_task(chain)
+    p = chain.params
+    late = chain.state().get_status().min_slot + 1
+    alice = chain.state().get_account(ALICE.public_key).balance
+    block = make_next_block(chain.state(), p, MINER, task_labels=labels, slot=late)
+    assert block.header.task_mode == MODE_STALE and block.body.commit.task_id == p.standing_task.task_id
+    test_key = KeyReveal(task_id, KEY_TEST, make_task_keys("k")[1])
+    expect_invalid(chain, make_next_block(chain.state(), p, MINER, task_labels=labels, slot=late, task_mode=MODE_NORMAL), "dictates")
+    expect_invalid(chain, rebody(block, key_reveals=(test_key,)), "test key may only be carried by a block that scores")
+    chain.apply(block)
+    assert chain.state().get_account(ALICE.public_key).balance == alice + 60 * COIN
+    assert chain.state().get_account(MINER.public_key).balance > 0
 
 
 def test_standing_task_cannot_use_a_fallback_mode(chain):
     block = make_next_block(chain.state(), chain.params, MINER, task_mode=MODE_NO_TEST_KEY)
-    expect_invalid(chain, block, "standing task has no keys")
+    expect_invalid(chain, block, "not the mode 0 the chain dictates")
 
 
 def test_block_size_and_count_limits():

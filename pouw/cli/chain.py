@@ -9,7 +9,12 @@ import click
 
 from pouw.cli.common import call, format_coins, json_option, make_client, node_options, output, short
 
-MODE_NAMES = {0: "normal", 1: "no training key (standing task)", 2: "no test key (scored on training set)"}
+MODE_NAMES = {
+    0: "normal",
+    1: "no training key on chain (standing task)",
+    2: "no test key (scored on training set)",
+    3: "stale: its slot passed (standing task)",
+}
 
 
 @click.group()
@@ -66,3 +71,34 @@ def block(ref: str, node_url: str, datadir: Path, as_json: bool) -> None:
         return out
 
     output(as_json, res, lines)
+
+
+def _parse_hash(value: str) -> str:
+    value = value.lower().removeprefix("0x")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise click.BadParameter("must be a 64-hex-digit block hash", param_hint="HASH")
+    return value
+
+
+@chain.command("invalidate")
+@click.argument("block_hash")
+@node_options
+@json_option
+def invalidate(block_hash: str, node_url: str, datadir: Path, as_json: bool) -> None:
+    """Mark block BLOCK_HASH and its descendants invalid and leave them (as bitcoind's invalidateblock).
+
+    For the rare split deeper than the finality window: invalidate this node's
+    first block of the split, and it syncs the other side.
+    """
+    res = call(make_client(node_url, datadir), "invalidateblock", block_hash=_parse_hash(block_hash))
+    output(as_json, res, lambda: [f"invalidated {res.get('invalidated')} block(s); tip is now height {res.get('height')} {short(str(res.get('tip')))}"])
+
+
+@chain.command("reconsider")
+@click.argument("block_hash")
+@node_options
+@json_option
+def reconsider(block_hash: str, node_url: str, datadir: Path, as_json: bool) -> None:
+    """Undo `invalidate` for BLOCK_HASH: it and its relatives become candidates again (as bitcoind's reconsiderblock)."""
+    res = call(make_client(node_url, datadir), "reconsiderblock", block_hash=_parse_hash(block_hash))
+    output(as_json, res, lambda: [f"tip is now height {res.get('height')} {short(str(res.get('tip')))}"])

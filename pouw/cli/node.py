@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from fullnode.config import VERIFY_ALL, VERIFY_MODES
 
 DEFAULT_DATADIR = Path.home() / ".pouw"
 
@@ -42,6 +41,18 @@ def _load_params(network: str, params_file: Path | None, datadir: Path):
     return params
 
 
+def _parse_block_hash(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value.lower().removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise click.BadParameter("must be a 64-hex-digit block hash", param_hint="--assume-valid")
+    return raw
+
+
 @node.command("start")
 @click.option("--datadir", type=click.Path(path_type=Path), default=None, help="Data directory (default ~/.pouw/<network>).")
 @click.option("--network", type=click.Choice(["main", "devnet"]), default="main", show_default=True)
@@ -51,11 +62,12 @@ def _load_params(network: str, params_file: Path | None, datadir: Path):
 @click.option("--rpc-port", default=8645, type=int, show_default=True, help="JSON-RPC port (0: any).")
 @click.option("--blob-port", default=0, type=int, help="Blob HTTP port (0: any).")
 @click.option("--bootstrap", multiple=True, help="Peer multiaddr to connect to (repeatable).")
-@click.option("--verify", type=click.Choice(VERIFY_MODES), default=VERIFY_ALL, show_default=True,
-              help="Recompute the Dice of every block, or only of high-accuracy blocks.")
+@click.option("--assume-valid", "assume_valid", default=None, metavar="HASH",
+              help="A block known good: its ancestors buried deeper than the finality window skip the Dice recomputation "
+                   "during sync (every other block is fully verified).")
 @click.option("--claim-wait", type=float, default=None, help="Seconds into Phase 2 before claims are verified.")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
-def start(datadir, network, params_file, host, port, rpc_port, blob_port, bootstrap, verify, claim_wait, as_json) -> None:
+def start(datadir, network, params_file, host, port, rpc_port, blob_port, bootstrap, assume_valid, claim_wait, as_json) -> None:
     """Start a full node and run it until Ctrl-C or SIGTERM."""
     from fullnode.config import ConfigError, NodeConfig
     from fullnode.node import FullNode
@@ -83,7 +95,7 @@ def start(datadir, network, params_file, host, port, rpc_port, blob_port, bootst
             rpc_port=rpc_port,
             blob_port=blob_port,
             bootstrap=list(bootstrap),
-            verify=verify,
+            assume_valid=_parse_block_hash(assume_valid),
             claim_wait_seconds=claim_wait,
         )
         full_node = FullNode(config, log_fn=emit).start()
