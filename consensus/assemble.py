@@ -14,6 +14,8 @@ from pouw.types import (
     BlockBody,
     BlockHeader,
     ChainParams,
+    CheckpointRef,
+    ClaimEvidence,
     Commit,
     KeyReveal,
     TaskSubmission,
@@ -23,6 +25,7 @@ from pouw.types import (
 from consensus.rules import (
     compute_body_root,
     compute_commit_binding,
+    compute_trajectory_root,
     compute_unselected_root,
     compute_work_payload,
     get_task_submission,
@@ -32,10 +35,12 @@ from consensus.state import State
 from consensus.transition import process_schedule, process_transaction
 
 
-def make_commit(keypair: KeyPair, height: int, slot: int, task_id: bytes, model_digest: bytes) -> Commit:
-    """A signed Phase-1 commit to `model_digest`."""
+def make_commit(keypair: KeyPair, height: int, slot: int, task_id: bytes, model_digest: bytes,
+                checkpoints: tuple[CheckpointRef, ...]) -> Commit:
+    """A signed Phase-1 commit to `model_digest` and the trajectory of `checkpoints`."""
     binding = compute_commit_binding(model_digest, keypair.public_key)
-    return Commit(height, slot, task_id, keypair.public_key, binding).signed_by(keypair)
+    root = compute_trajectory_root(checkpoints)
+    return Commit(height, slot, task_id, keypair.public_key, binding, root).signed_by(keypair)
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,12 @@ class BlockTemplate:
     """Transactions to include, in order (they apply on the tip's state)."""
     unselected_root: Hash32
     """The unfinished-task root after this block (it does not depend on the work or the mode)."""
+    evidence: Annotated[tuple[ClaimEvidence, ...], MaxLen(16)] = ()
+    """False claims of recent heights to show (their bonds are forfeited; half goes to this block's miner)."""
 
 
-def make_block_template(state: State, params: ChainParams, transactions: tuple[Transaction, ...] = ()) -> BlockTemplate:
+def make_block_template(state: State, params: ChainParams, transactions: tuple[Transaction, ...] = (),
+                        evidence: tuple[ClaimEvidence, ...] = ()) -> BlockTemplate:
     """A template on top of `state` with `transactions` (which must all apply; the node picks them with mempool.txpool.TxPool.select_for_block)."""
     status = state.get_status()
     height = status.height + 1
@@ -68,7 +76,7 @@ def make_block_template(state: State, params: ChainParams, transactions: tuple[T
     placeholder = BlockHeader(height, status.min_slot, status.tip_hash, ZERO_HASH, 0, 0, task_id, 0, ZERO_HASH, ZERO_HASH, 0, ZERO_SIGNATURE)
     empty = BlockBody(transactions=(), key_reveals=(), commit=None, work=None)
     root = compute_unselected_root(process_schedule(trial, placeholder, empty, params))
-    return BlockTemplate(height, status.tip_hash, status.min_slot, task_id, tuple(transactions), root)
+    return BlockTemplate(height, status.tip_hash, status.min_slot, task_id, tuple(transactions), root, tuple(evidence))
 
 
 def complete_block(
@@ -85,7 +93,8 @@ def complete_block(
     task_mode: int = 0,
 ) -> Block:
     """The signed block a miner claims with: the template plus its commit, work and reveals."""
-    body = BlockBody(transactions=template.transactions, key_reveals=tuple(key_reveals), commit=commit, work=work)
+    body = BlockBody(transactions=template.transactions, key_reveals=tuple(key_reveals), commit=commit, work=work,
+                     evidence=template.evidence)
     header = BlockHeader(
         height=template.height,
         slot=slot,
@@ -118,9 +127,10 @@ def assemble_block(
     transactions: tuple[Transaction, ...] = (),
     key_reveals: tuple[KeyReveal, ...] = (),
     task_mode: int = 0,
+    evidence: tuple[ClaimEvidence, ...] = (),
 ) -> Block:
     """A signed block on top of `state` carrying `work`; `state` itself is not changed."""
-    template = make_block_template(state, params, tuple(transactions))
+    template = make_block_template(state, params, tuple(transactions), tuple(evidence))
     return complete_block(
         template,
         params,

@@ -25,6 +25,7 @@ from pouw.types import (
     KEY_TRAIN,
     Allocation,
     Block,
+    CheckpointRef,
     BlobRef,
     ChainParams,
     KeyReveal,
@@ -78,6 +79,14 @@ def make_task(publisher: KeyPair, reward: int, nonce: int, label: str = "t", fee
     ).signed_by(publisher)
 
 
+def make_checkpoint_refs(model_digest: bytes, segments: int = 2) -> tuple[CheckpointRef, ...]:
+    """Made-up trajectory leaves for `model_digest`: checkpoint 0 and `segments` segments."""
+    refs = [CheckpointRef(hashlib.sha256(b"ckpt/0/" + model_digest).digest(), 1000, 0)]
+    for i in range(1, segments + 1):
+        refs.append(CheckpointRef(hashlib.sha256(b"ckpt/%d/" % i + model_digest).digest(), 1000, 1_000_000 // i))
+    return tuple(refs)
+
+
 def make_next_block(
     state: State,
     params: ChainParams,
@@ -91,6 +100,7 @@ def make_next_block(
     carry_next_train_key: bool = True,
     task_mode: int | None = None,
     salt: bytes = b"",
+    evidence: tuple = (),
 ) -> Block:
     """A structurally valid child of the state's tip mined by `miner`.
 
@@ -116,8 +126,9 @@ def make_next_block(
         task_mode = compute_required_mode(params, status, selected, slot, bool(reveals) and reveals[0].which == KEY_TEST)
     task_id = get_work_task_id(params, selected, task_mode)
     model_digest = hashlib.sha256(b"model/" + status.tip_hash + miner.public_key + salt).digest()
-    commit = make_commit(miner, height, slot, task_id, model_digest)
-    work = WorkProof(model_digest, 1234, (hashlib.sha256(model_digest).digest(),), ("http://127.0.0.1:1",), dice_ppm)
+    checkpoints = make_checkpoint_refs(model_digest)
+    commit = make_commit(miner, height, slot, task_id, model_digest, checkpoints)
+    work = WorkProof(model_digest, 1234, checkpoints, ("http://127.0.0.1:1",), dice_ppm)
     return assemble_block(
         state,
         params,
@@ -129,4 +140,5 @@ def make_next_block(
         transactions=transactions,
         key_reveals=tuple(reveals),
         task_mode=task_mode,
+        evidence=tuple(evidence),
     )

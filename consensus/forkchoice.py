@@ -7,9 +7,11 @@ A chain's score is the tuple, compared left to right:
                   published task's training key
   3. dice_sum   - sum of the useful blocks' Dice (ppm)
   4. height     - number of blocks
-  5. the lower tie value of the tip, H(prev_hash || miner) - a value the
+  5. tip_dice   - the tip's own Dice, whatever its mode: between siblings
+                  (one parent, so the same standing data) the better model
+  6. the lower tie value of the tip, H(prev_hash || miner) - a value the
      miner fixed when it committed, so it cannot grind it
-  6. the lower tip hash - only when one miner made two blocks on one parent
+  7. the lower tip hash - only when one miner made two blocks on one parent
 
 Only useful blocks weigh: the standing task's data differ between branches
 (they come from each branch's own block hashes) and fallback modes score
@@ -46,6 +48,8 @@ class ChainScore:
     """Sum of the useful blocks' Dice (ppm)."""
     height: int
     """Height of the tip."""
+    tip_dice: int
+    """The tip's own Dice (ppm), in any mode."""
     tie_value: Hash32
     """compute_tie_value(tip.prev_hash, tip.miner) (lower wins a tie)."""
     tip_hash: Hash32
@@ -54,7 +58,7 @@ class ChainScore:
 
 def compute_genesis_score(genesis_hash: bytes) -> ChainScore:
     """The score of the chain made of genesis alone."""
-    return ChainScore(0, 0, 0, 0, bytes(32), genesis_hash)
+    return ChainScore(0, 0, 0, 0, 0, bytes(32), genesis_hash)
 
 
 def is_carrying_next_key(block: Block) -> bool:
@@ -64,16 +68,26 @@ def is_carrying_next_key(block: Block) -> bool:
 
 def compute_child_score(parent: ChainScore, block: Block, params: ChainParams) -> ChainScore:
     """The score of a chain extended by `block`."""
-    header = block.header
+    return compute_extended_score(parent, block.header, is_carrying_next_key(block), params)
+
+
+def compute_extended_score(parent: ChainScore, header: BlockHeader, carried_next_key: bool, params: ChainParams) -> ChainScore:
+    """The score of a chain extended by a block given by its header and whether it carried the next training key."""
     useful = is_useful(header, params)
     return ChainScore(
         hi_count=parent.hi_count + (1 if is_high_accuracy(header, params) else 0),
-        duty_count=parent.duty_count + (1 if useful else 0) + (1 if is_carrying_next_key(block) else 0),
+        duty_count=parent.duty_count + (1 if useful else 0) + (1 if carried_next_key else 0),
         dice_sum=parent.dice_sum + (header.dice_ppm if useful else 0),
         height=header.height,
+        tip_dice=header.dice_ppm,
         tie_value=compute_tie_value(header.prev_hash, header.miner),
         tip_hash=header.hash,
     )
+
+
+def get_sibling_key(header: BlockHeader, carried_next_key: bool, params: ChainParams) -> tuple:
+    """How fork choice ranks blocks on one parent against each other (larger is better)."""
+    return get_score_key(compute_extended_score(compute_genesis_score(bytes(32)), header, carried_next_key, params))
 
 
 def _low_first(value: bytes) -> bytes:
@@ -82,7 +96,8 @@ def _low_first(value: bytes) -> bytes:
 
 def get_score_key(score: ChainScore) -> tuple:
     """Sort key: larger is better."""
-    return (score.hi_count, score.duty_count, score.dice_sum, score.height, _low_first(score.tie_value), _low_first(score.tip_hash))
+    return (score.hi_count, score.duty_count, score.dice_sum, score.height, score.tip_dice,
+            _low_first(score.tie_value), _low_first(score.tip_hash))
 
 
 def is_better(a: ChainScore, b: ChainScore) -> bool:

@@ -49,12 +49,37 @@ def compute_merkle_root(leaves: list[bytes]) -> bytes:
     return level[0]
 
 
+def compute_body_root_of(commit, work, key_reveals, transactions_root: bytes, evidence_root: bytes) -> bytes:
+    """The body root from its parts: the commit, the work, the key reveals, and the roots of transactions and evidence.
+
+    Kept in this shape so that a claim can be shown (ClaimEvidence) with its
+    transactions and evidence replaced by their roots.
+    """
+    return sha256(
+        b"pouw/body/v2\x00" + sha256(encode(commit)) + sha256(encode(work))
+        + compute_merkle_root([encode(r) for r in key_reveals]) + transactions_root + evidence_root
+    )
+
+
+def compute_transactions_root(transactions) -> bytes:
+    """Merkle root of a block's transactions, in order."""
+    return compute_merkle_root([encode(tx) for tx in transactions])
+
+
+def compute_evidence_root(evidence) -> bytes:
+    """Merkle root of a block's claim evidence, in order."""
+    return compute_merkle_root([encode(e) for e in evidence])
+
+
 def compute_body_root(body: BlockBody) -> bytes:
-    """The header's body_root: commit, work, key reveals, then transactions, in order."""
-    leaves = [encode(body.commit), encode(body.work)]
-    leaves += [encode(r) for r in body.key_reveals]
-    leaves += [encode(tx) for tx in body.transactions]
-    return compute_merkle_root(leaves)
+    """The header's body_root (`compute_body_root_of` over the body's parts)."""
+    return compute_body_root_of(body.commit, body.work, body.key_reveals,
+                                compute_transactions_root(body.transactions), compute_evidence_root(body.evidence))
+
+
+def compute_trajectory_root(checkpoints) -> bytes:
+    """The commit's trajectory_root: Merkle root over the encoded CheckpointRefs, in training order."""
+    return compute_merkle_root([encode(c) for c in checkpoints])
 
 
 def compute_unselected_root(status: ChainStatus) -> bytes:
@@ -91,13 +116,52 @@ def compute_standing_seed(prev_hash: bytes, split: str) -> bytes:
     return sha256(b"pouw/standing/" + split.encode() + prev_hash)
 
 
-def compute_spot_check_seed(prev_hash: bytes, miner: bytes, test_key_or_empty: bytes, model_digest: bytes) -> bytes:
-    """Seed that picks the epoch a verifier replays; the miner cannot know it while training.
+def compute_replay_seed(prev_hash: bytes, miner: bytes, trajectory_root: bytes, key_reveals) -> bytes:
+    """Seed that draws the random segments a verifier replays.
 
-    It includes the test key (revealed only after commits close) and the
-    model digest (fixed by the commit).
+    It includes the keys the block carries (its task's test key and the next
+    task's training key, revealed in Phase 2, after the commit fixed the
+    trajectory), so a miner cannot know the draw while it trains or commits.
+    With no key (the standing task followed by the standing task) the draw is
+    predictable; the top-Q part of the choice does not depend on it
+    (docs/security.md).
     """
-    return sha256(b"pouw/spot-check" + prev_hash + miner + test_key_or_empty + model_digest)
+    keys = b"".join(bytes([r.which]) + r.task_id + r.key for r in key_reveals)
+    return sha256(b"pouw/replay/v2\x00" + prev_hash + miner + trajectory_root + keys)
+
+
+def compute_replay_segments(seed: bytes, checkpoints, top_q: int, random_count: int) -> list[int]:
+    """The segments (1..n; segment i ends at checkpoint i) a verifier replays, in increasing order.
+
+    The `top_q` segments with the largest declared weight updates (a splice
+    from a model trained elsewhere is a large jump: Proof-of-Learning's top-Q
+    rule), ties to the lower index; then `random_count` further distinct
+    segments drawn from `seed`.
+    """
+    n = len(checkpoints) - 1
+    if n < 1:
+        return []
+    by_norm = sorted(range(1, n + 1), key=lambda i: (-checkpoints[i].update_norm, i))
+    chosen = set(by_norm[: min(top_q, n)])
+    counter = 0
+    while len(chosen) < min(n, top_q + random_count):
+        draw = sha256(seed + counter.to_bytes(4, "big"))
+        chosen.add(1 + int.from_bytes(draw[:8], "big") % n)
+        counter += 1
+    return sorted(chosen)
+
+
+def compute_claim_bond(params: ChainParams, work) -> int:
+    """The bond a claim's miner must hold: a base plus a price per MiB a verifier fetches for it.
+
+    A verifier fetches the model and, for each replayed segment, its two
+    checkpoints (bounded by the largest declared checkpoint size), so the
+    bond grows with what a false claim makes every node spend.
+    """
+    biggest = max((c.size for c in work.checkpoints), default=0)
+    pairs = params.replay_top_q + params.replay_random
+    fetched = work.model_size + 2 * pairs * biggest
+    return params.claim_bond_base + params.claim_bond_per_mib * -(-fetched // (1 << 20))
 
 
 def compute_work_payload(model_digest: bytes, train_data_digest: bytes, task_id: bytes, dice_ppm: int) -> bytes:

@@ -10,6 +10,7 @@ Key layout (every value is a canonical encoding):
   b"t" + task id          -> TaskRecord
   b"h" + height (8 bytes) -> HistoryEntry
   b"s"                    -> ChainStatus
+  b"x" + miner + height(8) -> b"" (that miner's claim bond was forfeited for that height)
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ ACCOUNT_PREFIX = b"a"
 TASK_PREFIX = b"t"
 HISTORY_PREFIX = b"h"
 STATUS_KEY = b"s"
+FORFEIT_PREFIX = b"x"
 
 Getter = Callable[[bytes], "bytes | None"]
+
+FORFEIT_MARK = b""
+"""The value of a forfeit record: its key says everything."""
 
 
 def account_key(address: bytes) -> bytes:
@@ -127,6 +132,17 @@ class State:
     def set_history(self, entry: HistoryEntry) -> None:
         """Write a history entry."""
         self._put(history_key(entry.height), entry)
+
+    def is_forfeited(self, miner: bytes, height: int) -> bool:
+        """True when `miner`'s claim bond was already forfeited for a false claim at `height`."""
+        key = FORFEIT_PREFIX + miner + height.to_bytes(8, "big")
+        if key in self._writes:
+            return self._writes[key] is not None
+        return self._base_get(key) is not None
+
+    def set_forfeited(self, miner: bytes, height: int) -> None:
+        """Record that `miner`'s bond was forfeited for `height` (one forfeit per claimant and height)."""
+        self._put(FORFEIT_PREFIX + miner + height.to_bytes(8, "big"), FORFEIT_MARK)
 
 
 def apply_changes(mapping: dict[bytes, bytes], changes: Mapping[bytes, bytes | None]) -> None:

@@ -28,6 +28,9 @@ from pouw.types import (
     Block,
     BlockBody,
     BlockHeader,
+    Bond,
+    ClaimEvidence,
+    Commit,
     ChainParams,
     ChainStatus,
     HistoryEntry,
@@ -37,17 +40,23 @@ from pouw.types import (
     TaskSubmission,
     Transaction,
     Transfer,
+    Unbond,
+    WorkProof,
     get_tx_cost,
     get_tx_sender,
 )
 from consensus.clock import is_block_timestamp_valid
+from consensus.forkchoice import get_sibling_key
 from consensus.rules import (
     compute_body_root,
+    compute_body_root_of,
+    compute_claim_bond,
     compute_commit_binding,
     compute_insert_queue,
     compute_unselected_root,
     compute_forfeit,
     compute_required_mode,
+    compute_trajectory_root,
     compute_work_payload,
     get_scheduled_task_id,
     get_train_data_digest,
@@ -125,8 +134,9 @@ def apply_genesis(state: State, params: ChainParams) -> Block:
     block = make_genesis_block(params)
     for alloc in params.allocations:
         account = state.get_account(alloc.address)
-        state.set_account(alloc.address, Account(checked_add(account.balance, alloc.amount, "allocation"), 0))
+        state.set_account(alloc.address, replace(account, balance=checked_add(account.balance, alloc.amount, "allocation")))
     state.set_status(get_genesis_status(params, block.hash))
+    state.set_history(HistoryEntry(0, block.hash, params.standing_task.task_id, MODE_NORMAL, ZERO_KEY, 0, ZERO_HASH, 0))
     return block
 
 
@@ -142,7 +152,7 @@ def check_block(block: Block, params: ChainParams) -> None:
     header, body = block.header, block.body
     check_header(header, params)
     check_body_shape(header, body, params)
-    check_commit(header, body)
+    check_commit(header, body.commit, body.work)
 
 
 def apply_block(state: State, block: Block, params: ChainParams, sigcheck: SignatureChecker = SERIAL) -> None:
@@ -169,6 +179,12 @@ def apply_block(state: State, block: Block, params: ChainParams, sigcheck: Signa
             raise InvalidBlock(f"transaction {index}: {exc}") from None
         fees = checked_add(fees, tx.fee, "fees")
 
+    for index, evidence in enumerate(body.evidence):
+        try:
+            fees = checked_add(fees, process_claim_evidence(state, header, evidence, params), "fees")
+        except InvalidBlock as exc:
+            raise InvalidBlock(f"evidence {index}: {exc}") from None
+
     paid = process_rewards(state, header, task, fees, params)
     new_status = process_schedule(state, header, body, params)
     require(
@@ -185,6 +201,8 @@ def apply_block(state: State, block: Block, params: ChainParams, sigcheck: Signa
             dice_ppm=header.dice_ppm,
             model_digest=body.work.model_digest,
             paid=paid,
+            slot=header.slot,
+            carried_next_key=any(r.which == KEY_TRAIN for r in body.key_reveals),
         )
     )
 
@@ -214,16 +232,17 @@ def check_body_shape(header: BlockHeader, body: BlockBody, params: ChainParams) 
     require(body.commit is not None and body.work is not None, "block carries no commit or work")
 
 
-def check_commit(header: BlockHeader, body: BlockBody) -> None:
-    """The commit binds the work's model to the header's miner, height and slot; the work agrees with the header."""
-    commit, work = body.commit, body.work
+def check_commit(header: BlockHeader, commit: Commit, work: WorkProof) -> None:
+    """The commit binds the work's model and whole trajectory to the header's miner, height and slot; the work agrees with the header."""
     require(commit.height == header.height, "commit is for another height")
     require(commit.slot == header.slot, "commit is for another slot")
     require(commit.miner == header.miner, "commit was made by another miner")
     require(commit.binding == compute_commit_binding(work.model_digest, header.miner), "model does not match the commit binding")
     require(commit.is_signature_valid(), "bad commit signature")
     require(work.dice_ppm == header.dice_ppm, "work and header claim different Dice")
-    require(len(work.checkpoint_digests) >= 1, "work has no checkpoints")
+    require(len(work.checkpoints) >= 2, "work needs the initial checkpoint and at least one trained segment")
+    require(work.checkpoints[0].update_norm == 0, "checkpoint 0 declares a weight update")
+    require(commit.trajectory_root == compute_trajectory_root(work.checkpoints), "the checkpoints are not the committed trajectory")
 
 
 def validate_header_context(status: ChainStatus, header: BlockHeader) -> None:
@@ -302,8 +321,12 @@ def validate_transaction(state: State, tx: Transaction, params: ChainParams, sig
     require(account.balance >= cost, f"balance {account.balance} is below amount plus fee {cost}")
     if isinstance(tx, Transfer):
         require(tx.amount > 0, "transfer of zero coins")
-    else:
+    elif isinstance(tx, TaskSubmission):
         validate_task_submission(state, tx, params)
+    elif isinstance(tx, Bond):
+        require(tx.amount > 0, "bond of zero coins")
+    else:
+        require(tx.amount <= account.bonded, f"unbond of {tx.amount} exceeds the bond {account.bonded}")
 
 
 def validate_task_submission(state: State, tx: TaskSubmission, params: ChainParams) -> None:
@@ -325,11 +348,22 @@ def process_transaction(
     validate_transaction(state, tx, params, signature_checked)
     sender = get_tx_sender(tx)
     account = state.get_account(sender)
-    state.set_account(sender, Account(account.balance - get_tx_cost(tx), account.nonce + 1))
+    account = replace(account, balance=account.balance - get_tx_cost(tx), nonce=account.nonce + 1)
     if isinstance(tx, Transfer):
+        state.set_account(sender, account)
         dest = state.get_account(tx.recipient)
-        state.set_account(tx.recipient, Account(checked_add(dest.balance, tx.amount, "recipient balance"), dest.nonce))
-        return
+        state.set_account(tx.recipient, replace(dest, balance=checked_add(dest.balance, tx.amount, "recipient balance")))
+    elif isinstance(tx, TaskSubmission):
+        state.set_account(sender, account)
+        process_task_submission(state, tx, height)
+    elif isinstance(tx, Bond):
+        state.set_account(sender, replace(account, bonded=checked_add(account.bonded, tx.amount, "bond")))
+    else:
+        state.set_account(sender, process_unbond(account, tx, height, params))
+
+
+def process_task_submission(state: State, tx: TaskSubmission, height: int) -> None:
+    """Escrow the reward in a new task record and queue the task."""
     task_id = tx.task_id
     state.set_task(task_id, TaskRecord(submission=tx, escrow=tx.reward, submitted_height=height, selected_height=0))
     status = state.get_status()
@@ -337,11 +371,75 @@ def process_transaction(
     state.set_status(replace(status, unselected=queue))
 
 
+def process_unbond(account: Account, tx: Unbond, height: int, params: ChainParams) -> Account:
+    """Release coins whose unbonding delay has passed, then start unbonding `tx.amount` (the delay restarts)."""
+    if account.unbonding and height >= account.unbond_height:
+        account = replace(account, balance=checked_add(account.balance, account.unbonding, "balance"), unbonding=0, unbond_height=0)
+    if tx.amount == 0:
+        return account
+    return replace(account, bonded=account.bonded - tx.amount,
+                   unbonding=checked_add(account.unbonding, tx.amount, "unbonding"),
+                   unbond_height=height + params.unbond_delay_blocks)
+
+
+# --- claim evidence ----------------------------------------------------------------
+
+
+def validate_claim_evidence(state: State, header: BlockHeader, evidence: ClaimEvidence, params: ChainParams) -> int:
+    """Check that `evidence` shows a false claim on this chain; returns the bond it forfeits.
+
+    A claim that ranked above the block that won its height (same parent,
+    same slot, same task, a better rank by fork choice's own order) would
+    have won had it been true: honest nodes verify claims in that order. So
+    it failed verification, and everything that shows it is checked here
+    without a blob: the claimant's signature, the body root of the claimed
+    block from its parts, its commit and trajectory, and the chain's history.
+    """
+    claim = evidence.header
+    require(0 < claim.height < header.height, "evidence for a height this block does not follow")
+    require(header.height - claim.height <= params.evidence_window_blocks, "evidence older than the evidence window")
+    require(claim.is_signature_valid(), "the claim's header signature does not verify")
+    root = compute_body_root_of(evidence.commit, evidence.work, evidence.key_reveals, evidence.transactions_root, evidence.evidence_root)
+    require(root == claim.body_root, "the evidence does not match the claim's body root")
+    check_commit(claim, evidence.commit, evidence.work)
+    winner, parent = state.get_history(claim.height), state.get_history(claim.height - 1)
+    require(winner is not None and parent is not None, "no block of that height on this chain")
+    require(claim.prev_hash == parent.block_hash, "the claim is not on this chain's parent")
+    require(claim.slot == winner.slot and claim.task_id == winner.task_id, "the claim did not compete in the winner's slot")
+    require(claim.hash != winner.block_hash, "the claim is the winning block")
+    winner_header = BlockHeader(
+        winner.height, winner.slot, parent.block_hash, ZERO_HASH, 0, 0, winner.task_id, winner.task_mode,
+        ZERO_HASH, winner.winner, winner.dice_ppm, ZERO_SIGNATURE,
+    )
+    claim_key = get_sibling_key(claim, any(r.which == KEY_TRAIN for r in evidence.key_reveals), params)
+    winner_key = get_sibling_key(winner_header, winner.carried_next_key, params)
+    require(claim_key[:-1] > winner_key[:-1], "the claim does not rank above the block that won its height")
+    require(not state.is_forfeited(claim.miner, claim.height), "that claimant's bond was already forfeited for this height")
+    account = state.get_account(claim.miner)
+    amount = min(compute_claim_bond(params, evidence.work), account.bonded + account.unbonding)
+    require(amount > 0, "the claimant holds no bond")
+    return amount
+
+
+def process_claim_evidence(state: State, header: BlockHeader, evidence: ClaimEvidence, params: ChainParams) -> int:
+    """Forfeit a false claim's bond (bonded coins first): half burned, half paid to this block's miner (returned)."""
+    amount = validate_claim_evidence(state, header, evidence, params)
+    claimant = evidence.header.miner
+    account = state.get_account(claimant)
+    from_bond = min(amount, account.bonded)
+    state.set_account(claimant, replace(account, bonded=account.bonded - from_bond, unbonding=account.unbonding - (amount - from_bond)))
+    state.set_forfeited(claimant, evidence.header.height)
+    burned = amount - amount // 2
+    status = state.get_status()
+    state.set_status(replace(status, supply=status.supply - burned))
+    return amount // 2
+
+
 # --- rewards and task schedule --------------------------------------------------
 
 
 def process_rewards(state: State, header: BlockHeader, task: TaskRecord | None, fees: int, params: ChainParams) -> int:
-    """Pay the miner and settle the task's escrow; returns the miner's pay.
+    """Pay the miner (`fees` includes its share of forfeited bonds) and settle the task's escrow; returns the miner's pay.
 
     Only standing-task work mints the block reward (so dealing a task to
     yourself earns nothing). Modes 0 and 2 pay the escrow to the miner; mode 1
@@ -358,9 +456,9 @@ def process_rewards(state: State, header: BlockHeader, task: TaskRecord | None, 
             burned = compute_forfeit(escrow, params) if header.task_mode == MODE_NO_TRAIN_KEY else 0
             publisher = task.submission.publisher
             acct = state.get_account(publisher)
-            state.set_account(publisher, Account(checked_add(acct.balance, escrow - burned, "refund"), acct.nonce))
+            state.set_account(publisher, replace(acct, balance=checked_add(acct.balance, escrow - burned, "refund")))
     miner = state.get_account(header.miner)
-    state.set_account(header.miner, Account(checked_add(miner.balance, pay, "miner balance"), miner.nonce))
+    state.set_account(header.miner, replace(miner, balance=checked_add(miner.balance, pay, "miner balance")))
     status = state.get_status()
     minted = params.block_reward if is_minting(header, params) else 0
     state.set_status(replace(status, supply=checked_add(status.supply, minted, "supply") - burned))

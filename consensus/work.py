@@ -30,7 +30,7 @@ from pouw.types import (
     TaskSubmission,
 )
 from consensus.rules import (
-    compute_spot_check_seed,
+    compute_replay_seed,
     compute_standing_seed,
     compute_training_seed,
     get_task_submission,
@@ -131,7 +131,6 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
         raise InvalidBlock("selected task is unknown to the state")
     keys = get_work_keys(state.get_status(), block)
     data = get_work_data(task, params, header.prev_hash, header.task_mode, keys, blobs, workdir)
-    test_key = keys.get(KEY_TEST, b"")
     try:
         return verify_work(
             model_spec=data.model,
@@ -142,7 +141,7 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
             blob_store=blobs,
             test_dataset=data.score_set,
             train_dataset=data.train_set,
-            spot_check_seed=compute_spot_check_seed(header.prev_hash, header.miner, test_key, body.work.model_digest),
+            spot_check_seed=compute_replay_seed(header.prev_hash, header.miner, body.commit.trajectory_root, body.key_reveals),
             train_seed=compute_training_seed(header.prev_hash, header.miner),
             dice_tolerance_ppm=params.dice_tolerance_ppm,
         )

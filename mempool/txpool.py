@@ -34,10 +34,14 @@ from pouw.keys import is_valid_signature
 from pouw.types import (
     Account,
     Block,
+    Bond,
     ChainParams,
     TaskSubmission,
     Transaction,
     Transfer,
+    Unbond,
+    get_tx_cost,
+    get_tx_sender,
 )
 
 from mempool.errors import MempoolReject, reject
@@ -139,14 +143,14 @@ def compute_checked_encoding(tx: object) -> bytes:
         ):
             raise reject("malformed", "transfer fields do not have their wire types")
         return encode(tx)
-    if kind is TaskSubmission:
+    if kind in (TaskSubmission, Bond, Unbond):
         try:
             data = encode(tx)
             decode(Transaction, data)
         except (TypeError, ValueError, OverflowError, AttributeError) as exc:
-            raise reject("malformed", f"task submission: {exc}") from None
+            raise reject("malformed", f"{kind.__name__}: {exc}") from None
         return data
-    raise reject("malformed", f"expected a Transfer or TaskSubmission, got {kind.__name__}")
+    raise reject("malformed", f"expected a transaction, got {kind.__name__}")
 
 
 def decode_transaction(data: bytes, max_size: int) -> Transaction:
@@ -191,7 +195,7 @@ def compute_signing_payload(tx: Transaction, data: bytes) -> bytes:
 
 def is_tx_signature_valid(tx: Transaction, data: bytes) -> bool:
     """True when `tx` (whose canonical encoding is `data`) carries its sender's valid signature."""
-    sender = tx.sender if type(tx) is Transfer else tx.publisher
+    sender = tx.sender if type(tx) is Transfer else get_tx_sender(tx)
     return is_valid_signature(sender, tx.SIGN_KIND, compute_signing_payload(tx, data), tx.signature)
 
 
@@ -328,7 +332,7 @@ class TxPool:
         if tx_id in self._bad_signatures:
             raise reject("bad-signature", "transaction was already refused for its signature")
         is_transfer = type(tx) is Transfer
-        sender = tx.sender if is_transfer else tx.publisher
+        sender = tx.sender if is_transfer else get_tx_sender(tx)
         nonce = tx.nonce
         account = state.get_account(sender)
         chain = self._chains.get(sender)
@@ -354,9 +358,9 @@ class TxPool:
                 raise reject("zero-amount", "transfer of zero coins")
             cost = tx.amount + fee
         else:
-            if tx.reward < self.params.min_task_reward:
+            if type(tx) is TaskSubmission and tx.reward < self.params.min_task_reward:
                 raise reject("reward-too-low", f"reward {tx.reward} is below the minimum {self.params.min_task_reward}")
-            cost = tx.reward + fee
+            cost = get_tx_cost(tx)
         if cost > UINT64_MAX:
             raise reject("invalid", "amount plus fee overflows 64 bits")
         old = None
@@ -388,7 +392,7 @@ class TxPool:
             raise reject("bad-signature", "signature does not verify")
         # Consensus's own rules, on a view where the pending predecessors have been applied.
         view = state.child()
-        view.set_account(sender, Account(account.balance - spent_before, nonce))
+        view.set_account(sender, dataclasses.replace(account, balance=account.balance - spent_before, nonce=nonce))
         try:
             validate_transaction(view, tx, self.params, signature_checked=True)
         except InvalidBlock as exc:
@@ -577,7 +581,7 @@ class TxPool:
         """
         if type(block) is not Block:
             raise reject("malformed", f"expected a Block, got {type(block).__name__}")
-        senders = {tx.sender if type(tx) is Transfer else tx.publisher for tx in block.body.transactions}
+        senders = {get_tx_sender(tx) for tx in block.body.transactions}
         removed: list[bytes] = []
         for sender in senders:
             if sender in self._chains:
@@ -596,7 +600,7 @@ class TxPool:
         if type(block) is not Block:
             raise reject("malformed", f"expected a Block, got {type(block).__name__}")
         txs = block.body.transactions
-        senders = {tx.sender if type(tx) is Transfer else tx.publisher for tx in txs}
+        senders = {get_tx_sender(tx) for tx in txs}
         held: list[PoolEntry] = []
         for sender in senders:
             held += reversed(self._truncate(sender, 0))

@@ -156,7 +156,51 @@ class TaskSubmission(SignedObject):
         return hash_of(self)
 
 
-Transaction = Union[Transfer, TaskSubmission]
+@dataclass(frozen=True)
+class Bond(SignedObject):
+    """Lock coins as the claim bond a miner must hold to have its Phase-2 claims verified."""
+
+    TAG: ClassVar[int] = 3
+    SIGN_KIND: ClassVar[bytes] = b"bond"
+
+    miner: PublicKey
+    """Account whose coins are locked, and signs."""
+    amount: int
+    """Coins moved from the balance into the bond."""
+    fee: int
+    """Coins paid to the miner of the block that includes this transaction."""
+    nonce: int
+    """The account's nonce this transaction uses."""
+    signature: Signature = ZERO_SIGNATURE
+    """The miner's signature over all other fields."""
+
+    def signer(self) -> bytes:
+        return self.miner
+
+
+@dataclass(frozen=True)
+class Unbond(SignedObject):
+    """Start releasing bonded coins; they return to the balance `unbond_delay_blocks` later (amount 0: only release)."""
+
+    TAG: ClassVar[int] = 4
+    SIGN_KIND: ClassVar[bytes] = b"unbond"
+
+    miner: PublicKey
+    """Account whose bond shrinks, and signs."""
+    amount: int
+    """Coins moved from the bond to the unbonding balance."""
+    fee: int
+    """Coins paid to the miner of the block that includes this transaction."""
+    nonce: int
+    """The account's nonce this transaction uses."""
+    signature: Signature = ZERO_SIGNATURE
+    """The miner's signature over all other fields."""
+
+    def signer(self) -> bytes:
+        return self.miner
+
+
+Transaction = Union[Transfer, TaskSubmission, Bond, Unbond]
 """Any transaction a block may carry."""
 
 
@@ -167,12 +211,18 @@ def get_tx_id(tx: Transaction) -> bytes:
 
 def get_tx_sender(tx: Transaction) -> bytes:
     """The account that pays for and signs `tx`."""
-    return tx.sender if isinstance(tx, Transfer) else tx.publisher
+    return tx.signer()
 
 
 def get_tx_cost(tx: Transaction) -> int:
-    """Coins leaving the sender's balance: amount or reward, plus fee."""
-    return (tx.amount if isinstance(tx, Transfer) else tx.reward) + tx.fee
+    """Coins leaving the sender's balance: amount, reward or bond, plus fee (an Unbond costs its fee only)."""
+    if isinstance(tx, Transfer):
+        return tx.amount + tx.fee
+    if isinstance(tx, TaskSubmission):
+        return tx.reward + tx.fee
+    if isinstance(tx, Bond):
+        return tx.amount + tx.fee
+    return tx.fee
 
 
 # --- phase messages ----------------------------------------------------------
@@ -206,11 +256,25 @@ class Commit(SignedObject):
     """The miner's key; the commit binding includes it."""
     binding: Hash32
     """compute_commit_binding(model_digest, miner) = SHA-256(model_digest || miner)."""
+    trajectory_root: Hash32
+    """compute_trajectory_root of the claim's checkpoints: the whole training path is fixed before any key that picks what is replayed."""
     signature: Signature = ZERO_SIGNATURE
     """The miner's signature over all other fields."""
 
     def signer(self) -> bytes:
         return self.miner
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint of a training trajectory, as a claim declares it (a leaf of the trajectory root)."""
+
+    digest: Hash32
+    """SHA-256 of the checkpoint blob."""
+    size: int
+    """Size of the checkpoint blob in bytes (fetches stop past it)."""
+    update_norm: int
+    """L2 norm of the weight update of the segment this checkpoint ends, in millionths (0 for checkpoint 0)."""
 
 
 @dataclass(frozen=True)
@@ -221,12 +285,17 @@ class WorkProof:
     """SHA-256 of the final model file."""
     model_size: int
     """Size of the final model file in bytes."""
-    checkpoint_digests: Annotated[tuple[Hash32, ...], MaxLen(4096)]
-    """SHA-256 of each per-epoch checkpoint, in training order."""
+    checkpoints: Annotated[tuple[CheckpointRef, ...], MaxLen(4096)]
+    """The trajectory's checkpoints in training order: checkpoint 0 (the seed's initial weights), then one per segment."""
     links: Links
     """Base URLs of blob servers holding the model and checkpoints (`<link>/blob/<hex digest>`)."""
     dice_ppm: int
     """The claimed Dice on the scoring set, in parts per million."""
+
+    @property
+    def checkpoint_digests(self) -> tuple[bytes, ...]:
+        """The checkpoints' digests, in order."""
+        return tuple(c.digest for c in self.checkpoints)
 
 
 # --- blocks ------------------------------------------------------------------
@@ -286,6 +355,31 @@ class BlockBody:
     """The winner's Phase-1 commit (None only in genesis)."""
     work: WorkProof | None
     """The winner's model, checkpoints and claimed Dice (None only in genesis)."""
+    evidence: Annotated[tuple["ClaimEvidence", ...], MaxLen(16)] = ()
+    """Claims of recent heights that ranked above the block that won them: their claimants' bonds are forfeited."""
+
+
+@dataclass(frozen=True)
+class ClaimEvidence:
+    """A claim shown false by the chain itself: it ranked above the block that won its height, so it failed verification.
+
+    It carries what its block's body root commits to, without the
+    transactions (their Merkle root stands in for them), so its header's
+    signature and body root can be checked without any blob.
+    """
+
+    header: "BlockHeader"
+    """The claimed block's header, signed by the claimant."""
+    commit: Commit
+    """Its Phase-1 commit."""
+    work: WorkProof
+    """Its work proof (claimed Dice, model, checkpoints)."""
+    key_reveals: Annotated[tuple[KeyReveal, ...], MaxLen(2)]
+    """Its key reveals."""
+    transactions_root: Hash32
+    """Merkle root of its transactions."""
+    evidence_root: Hash32
+    """Merkle root of its own evidence list."""
 
 
 @dataclass(frozen=True)
@@ -377,6 +471,18 @@ class ChainParams:
     """The deepest reorganisation a node makes on its own (R < M); deeper splits need an operator."""
     dice_tolerance_ppm: int
     """Largest difference between a claimed and a recomputed Dice that is accepted."""
+    replay_top_q: int
+    """Segments with the largest declared weight updates a verifier replays (Proof-of-Learning's top-Q)."""
+    replay_random: int
+    """Further segments a verifier replays, drawn from keys revealed after the commit."""
+    claim_bond_base: int
+    """Bond (base units) a miner must hold for its claim to be verified, before the size term."""
+    claim_bond_per_mib: int
+    """Bond (base units) per MiB a verifier fetches for the claim (model and replayed checkpoints)."""
+    evidence_window_blocks: int
+    """Blocks after a height during which a false claim for it can be shown (and its bond forfeited)."""
+    unbond_delay_blocks: int
+    """Blocks before unbonded coins return to the balance (longer than the evidence window)."""
     standing_task: StandingTask
     """The task mined when no task waits."""
     allocations: Annotated[tuple[Allocation, ...], MaxLen(10_000)]
@@ -404,6 +510,12 @@ class Account:
     """Spendable coins."""
     nonce: int
     """The nonce the account's next transaction must use."""
+    bonded: int = 0
+    """Coins locked as claim bond (forfeited when the account's claim is proven false)."""
+    unbonding: int = 0
+    """Coins leaving the bond; still forfeitable until released."""
+    unbond_height: int = 0
+    """Height from which `unbonding` may be released (by an Unbond of any amount)."""
 
 
 EMPTY_ACCOUNT = Account(0, 0)
@@ -483,3 +595,7 @@ class HistoryEntry:
     """The winning model."""
     paid: int
     """Block reward + escrow paid + fees."""
+    slot: int = 0
+    """The block's slot."""
+    carried_next_key: bool = False
+    """True when the block carried the next height's training key."""

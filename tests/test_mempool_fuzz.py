@@ -10,7 +10,7 @@ from test_mempool import check_invariants
 
 from consensus.assemble import make_commit
 from consensus.clock import get_phase2_start, get_slot_start
-from consensus.fixtures import make_keypair, make_next_block, make_task, make_test_params, make_transfer
+from consensus.fixtures import make_checkpoint_refs, make_keypair, make_next_block, make_task, make_test_params, make_transfer
 from consensus.genesis import COIN
 from consensus.transition import apply_block
 from mempool.claimpool import ClaimPool
@@ -118,7 +118,7 @@ def test_random_objects_never_crash_add(thing):
 
 G = PARAMS.genesis_time
 TASK = BASE.state().get_status().scheduled[0].task_id
-VALID_COMMIT = encode(make_commit(MINER, 1, 0, TASK, bytes(32)))
+VALID_COMMIT = encode(make_commit(MINER, 1, 0, TASK, bytes(32), make_checkpoint_refs(bytes(32))))
 CANDIDATE = make_next_block(BASE.state(), PARAMS, MINER)
 VALID_CLAIM = encode(Claim(CANDIDATE))
 

@@ -10,7 +10,7 @@ from chainutil import MemoryChain
 
 from consensus.assemble import make_commit
 from consensus.clock import get_phase2_start, get_slot_start
-from consensus.fixtures import make_keypair, make_next_block, make_test_params
+from consensus.fixtures import make_checkpoint_refs, make_keypair, make_next_block, make_test_params
 from mempool.claimpool import ClaimPool
 from mempool.commitpool import CommitPool
 from mempool.errors import MempoolReject
@@ -54,7 +54,7 @@ def phase2(params, slot: int = 0, offset: float = 3) -> float:
 def test_commit_accepted_in_phase1_and_found(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p)
-    commit = make_commit(M1, 1, 0, task, digest("model-1"))
+    commit = make_commit(M1, 1, 0, task, digest("model-1"), make_checkpoint_refs(digest("model-1")))
     commit_id = pool.add(commit, now=phase1(p), tip_height=0, expected_task_id=task)
     assert commit_id == hash_of(commit) and commit_id in pool and len(pool) == 1
     assert pool.get(M1.public_key, 1, 0) == commit
@@ -80,7 +80,7 @@ def test_commit_window_is_phase1_of_its_slot_with_skew(chain):
         (phase1(p, slot=1), False),  # a later slot's Phase 1 does not take slot 0's commits
     ]:
         pool = CommitPool(p)
-        commit = make_commit(M1, 1, 0, task, digest("m"))
+        commit = make_commit(M1, 1, 0, task, digest("m"), make_checkpoint_refs(digest("m")))
         if ok:
             pool.add(commit, now=now, tip_height=0, expected_task_id=task)
         else:
@@ -90,18 +90,18 @@ def test_commit_window_is_phase1_of_its_slot_with_skew(chain):
 def test_commit_height_and_task_must_match(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p)
-    expect_reject("wrong-height", pool.add, make_commit(M1, 2, 0, task, digest("m")), now=phase1(p), tip_height=0, expected_task_id=task)
-    expect_reject("wrong-height", pool.add, make_commit(M1, 0, 0, task, digest("m")), now=phase1(p), tip_height=0, expected_task_id=task)
+    expect_reject("wrong-height", pool.add, make_commit(M1, 2, 0, task, digest("m"), make_checkpoint_refs(digest("m"))), now=phase1(p), tip_height=0, expected_task_id=task)
+    expect_reject("wrong-height", pool.add, make_commit(M1, 0, 0, task, digest("m"), make_checkpoint_refs(digest("m"))), now=phase1(p), tip_height=0, expected_task_id=task)
     other = digest("not this task")
-    expect_reject("wrong-task", pool.add, make_commit(M1, 1, 0, other, digest("m")), now=phase1(p), tip_height=0, expected_task_id=task)
+    expect_reject("wrong-task", pool.add, make_commit(M1, 1, 0, other, digest("m"), make_checkpoint_refs(digest("m"))), now=phase1(p), tip_height=0, expected_task_id=task)
     # Several acceptable tasks (selected and standing, around the key deadline).
-    pool.add(make_commit(M1, 1, 0, other, digest("m")), now=phase1(p), tip_height=0, expected_task_id=(task, other))
+    pool.add(make_commit(M1, 1, 0, other, digest("m"), make_checkpoint_refs(digest("m"))), now=phase1(p), tip_height=0, expected_task_id=(task, other))
 
 
 def test_commit_signature_checked(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p)
-    commit = make_commit(M1, 1, 0, task, digest("m"))
+    commit = make_commit(M1, 1, 0, task, digest("m"), make_checkpoint_refs(digest("m")))
     forged = dataclasses.replace(commit, binding=digest("stolen"))
     expect_reject("bad-signature", pool.add, forged, now=phase1(p), tip_height=0, expected_task_id=task)
     impostor = dataclasses.replace(commit, miner=M2.public_key)
@@ -113,15 +113,15 @@ def test_commit_signature_checked(chain):
 def test_one_commit_per_miner_per_height_and_slot(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p)
-    first = make_commit(M1, 1, 0, task, digest("first"))
+    first = make_commit(M1, 1, 0, task, digest("first"), make_checkpoint_refs(digest("first")))
     pool.add(first, now=phase1(p), tip_height=0, expected_task_id=task)
     expect_reject("duplicate", pool.add, first, now=phase1(p, offset=6), tip_height=0, expected_task_id=task)
-    second = make_commit(M1, 1, 0, task, digest("second"))
+    second = make_commit(M1, 1, 0, task, digest("second"), make_checkpoint_refs(digest("second")))
     expect_reject("duplicate-miner", pool.add, second, now=phase1(p, offset=6), tip_height=0, expected_task_id=task)
     assert pool.get(M1.public_key, 1, 0) == first  # first seen wins
-    pool.add(make_commit(M2, 1, 0, task, digest("m2")), now=phase1(p, offset=7), tip_height=0, expected_task_id=task)
+    pool.add(make_commit(M2, 1, 0, task, digest("m2"), make_checkpoint_refs(digest("m2"))), now=phase1(p, offset=7), tip_height=0, expected_task_id=task)
     # The next slot (the same height when slot 0 made no block) takes a new commit.
-    pool.add(Commit(1, 1, task, M1.public_key, first.binding).signed_by(M1), now=phase1(p, slot=1), tip_height=0, expected_task_id=task)
+    pool.add(Commit(1, 1, task, M1.public_key, first.binding, first.trajectory_root).signed_by(M1), now=phase1(p, slot=1), tip_height=0, expected_task_id=task)
     assert [c.miner for c in pool.get_commits(1, 0)] == [M1.public_key, M2.public_key]
     assert len(pool.get_commits(1)) == 3
 
@@ -129,16 +129,16 @@ def test_one_commit_per_miner_per_height_and_slot(chain):
 def test_commit_pool_limit(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p, max_commits=1)
-    pool.add(make_commit(M1, 1, 0, task, digest("m")), now=phase1(p), tip_height=0, expected_task_id=task)
-    expect_reject("pool-full", pool.add, make_commit(M2, 1, 0, task, digest("m")), now=phase1(p), tip_height=0, expected_task_id=task)
+    pool.add(make_commit(M1, 1, 0, task, digest("m"), make_checkpoint_refs(digest("m"))), now=phase1(p), tip_height=0, expected_task_id=task)
+    expect_reject("pool-full", pool.add, make_commit(M2, 1, 0, task, digest("m"), make_checkpoint_refs(digest("m"))), now=phase1(p), tip_height=0, expected_task_id=task)
 
 
 def test_commit_prune(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p)
-    c1 = make_commit(M1, 1, 0, task, digest("m"))
+    c1 = make_commit(M1, 1, 0, task, digest("m"), make_checkpoint_refs(digest("m")))
     pool.add(c1, now=phase1(p), tip_height=0, expected_task_id=task)
-    c2 = make_commit(M1, 2, 1, task, digest("m"))
+    c2 = make_commit(M1, 2, 1, task, digest("m"), make_checkpoint_refs(digest("m")))
     pool.add(c2, now=phase1(p, slot=1), tip_height=1, expected_task_id=task)
     assert pool.prune(2) == 1
     assert pool.get(M1.public_key, 1, 0) is None and hash_of(c1) not in pool and hash_of(c2) in pool
@@ -151,9 +151,10 @@ def test_commit_prune(chain):
     [
         None,
         b"commit",
-        Commit(1, 0, bytes(31), M1.public_key, bytes(32)),
-        Commit(-1, 0, bytes(32), M1.public_key, bytes(32)),
-        Commit(1, 0, bytes(32), "miner", bytes(32)),
+        Commit(1, 0, bytes(31), M1.public_key, bytes(32), bytes(32)),
+        Commit(-1, 0, bytes(32), M1.public_key, bytes(32), bytes(32)),
+        Commit(1, 0, bytes(32), "miner", bytes(32), bytes(32)),
+        Commit(1, 0, bytes(32), M1.public_key, bytes(32), bytes(31)),
         Block,
     ],
 )
@@ -164,7 +165,7 @@ def test_malformed_commits(chain, thing):
 def test_commit_from_bytes(chain):
     p, task = chain.params, work_task(chain)
     pool = CommitPool(p)
-    commit = make_commit(M1, 1, 0, task, digest("m"))
+    commit = make_commit(M1, 1, 0, task, digest("m"), make_checkpoint_refs(digest("m")))
     assert pool.add_encoded(encode(commit), now=phase1(p), tip_height=0, expected_task_id=task) == hash_of(commit)
     expect_reject("malformed", pool.add_encoded, encode(commit)[:-1], now=phase1(p), tip_height=0, expected_task_id=task)
     expect_reject("malformed", pool.add_encoded, None, now=phase1(p), tip_height=0, expected_task_id=task)

@@ -10,6 +10,7 @@ from chainutil import MemoryChain
 from consensus.assemble import assemble_block, make_commit
 from consensus.clock import get_phase2_start, get_slot_start
 from consensus.fixtures import (
+    make_checkpoint_refs,
     make_keypair,
     make_next_block,
     make_task,
@@ -18,7 +19,7 @@ from consensus.fixtures import (
     make_transfer,
 )
 from consensus.genesis import COIN
-from consensus.rules import compute_body_root, get_scheduled_task_id
+from consensus.rules import compute_body_root, compute_trajectory_root, get_scheduled_task_id
 from consensus.transition import InvalidBlock, apply_block
 from pouw.encoding import encode
 from pouw.types import (
@@ -29,6 +30,7 @@ from pouw.types import (
     MODE_NORMAL,
     MODE_STALE,
     Block,
+    CheckpointRef,
     KeyReveal,
     ScheduledTask,
     WorkProof,
@@ -152,10 +154,10 @@ def test_commit_binding_rules(chain):
     block = make_next_block(chain.state(), p, MINER)
     work = block.body.work
     # The commit binds another model.
-    wrong_model = make_commit(MINER, 1, block.header.slot, p.standing_task.task_id, b"\x09" * 32)
+    wrong_model = make_commit(MINER, 1, block.header.slot, p.standing_task.task_id, b"\x09" * 32, make_checkpoint_refs(b"\x09" * 32))
     expect_invalid(chain, rebody(block, commit=wrong_model), "does not match the commit binding")
     # Another miner's commit re-claimed under our key.
-    theirs = make_commit(OTHER, 1, block.header.slot, p.standing_task.task_id, work.model_digest)
+    theirs = make_commit(OTHER, 1, block.header.slot, p.standing_task.task_id, work.model_digest, make_checkpoint_refs(work.model_digest))
     expect_invalid(chain, rebody(block, commit=theirs), "commit was made by another miner")
     for change, fragment in [
         (dict(height=2), "another height"),
@@ -168,12 +170,25 @@ def test_commit_binding_rules(chain):
     expect_invalid(chain, rebody(block, commit=unsigned), "bad commit signature")
 
 
+def test_the_commit_fixes_the_whole_trajectory(chain):
+    block = make_next_block(chain.state(), chain.params, MINER)
+    work = block.body.work
+    spliced = dataclasses.replace(work, checkpoints=work.checkpoints[:-1] + (CheckpointRef(b"\x0a" * 32, 1000, 5),))
+    expect_invalid(chain, rebody(block, work=spliced), "not the committed trajectory")
+    short = dataclasses.replace(work, checkpoints=work.checkpoints[:1])
+    commit = dataclasses.replace(block.body.commit, trajectory_root=compute_trajectory_root(short.checkpoints)).signed_by(MINER)
+    expect_invalid(chain, rebody(block, work=short, commit=commit), "at least one trained segment")
+    moved = dataclasses.replace(work, checkpoints=(dataclasses.replace(work.checkpoints[0], update_norm=1),) + work.checkpoints[1:])
+    commit = dataclasses.replace(block.body.commit, trajectory_root=compute_trajectory_root(moved.checkpoints)).signed_by(MINER)
+    expect_invalid(chain, rebody(block, work=moved, commit=commit), "checkpoint 0 declares a weight update")
+
+
 def test_work_must_agree_with_header(chain):
     block = make_next_block(chain.state(), chain.params, MINER, dice_ppm=900_000)
     work = dataclasses.replace(block.body.work, dice_ppm=950_000)
     expect_invalid(chain, rebody(block, work=work), "different Dice")
-    no_checkpoints = dataclasses.replace(block.body.work, checkpoint_digests=())
-    expect_invalid(chain, rebody(block, work=no_checkpoints), "no checkpoints")
+    no_checkpoints = dataclasses.replace(block.body.work, checkpoints=())
+    expect_invalid(chain, rebody(block, work=no_checkpoints), "at least one trained segment")
 
 
 def test_work_signature_is_checked(chain):
@@ -380,7 +395,7 @@ def test_miner_cannot_mint_with_forged_phase2_timestamp_of_other_slot(chain):
 def test_assemble_rejects_unknown_work_task(chain):
     p = chain.params
     state = chain.state()
-    commit = make_commit(MINER, 1, 0, p.standing_task.task_id, b"\x01" * 32)
-    work = WorkProof(b"\x01" * 32, 10, (b"\x02" * 32,), (), 1)
+    commit = make_commit(MINER, 1, 0, p.standing_task.task_id, b"\x01" * 32, make_checkpoint_refs(b"\x01" * 32))
+    work = WorkProof(b"\x01" * 32, 10, make_checkpoint_refs(b"\x01" * 32), (), 1)
     block = assemble_block(state, p, MINER, slot=0, timestamp=get_phase2_start(p, 0), commit=commit, work=work, task_mode=MODE_NORMAL)
     apply_block(chain.state(), block, p)

@@ -25,7 +25,7 @@ from fullnode.node import FullNode
 from fullnode.sync import compute_assumed_valid
 from pouw.blobserve import BlobServer
 from pouw.blobstore import BlobStore
-from pouw.types import WorkProof
+from pouw.types import CheckpointRef, WorkProof
 
 MINER = make_keypair("garbage-miner")
 
@@ -53,15 +53,16 @@ def test_a_garbage_model_near_the_tip_is_rejected_by_every_node_whatever_its_ass
     params = make_devnet_params(int(time.time()) - 100)
     store = BlobStore(tmp_path / "garbage-blobs")
     server = BlobServer(store).start()
-    model, checkpoint = os.urandom(4096), os.urandom(4096)
-    model_digest, checkpoint_digest = store.put_bytes(model), store.put_bytes(checkpoint)
+    model, first, second = os.urandom(4096), os.urandom(4096), os.urandom(4096)
+    model_digest = store.put_bytes(model)
+    refs = (CheckpointRef(store.put_bytes(first), len(first), 0), CheckpointRef(store.put_bytes(second), len(second), 10))
     nodes = []
     try:
         from chainutil import MemoryChain
 
         state = MemoryChain(params).state()
-        commit = make_commit(MINER, 1, 0, params.standing_task.task_id, model_digest)
-        work = WorkProof(model_digest, len(model), (checkpoint_digest,), (server.url,), params.high_accuracy_ppm - 1)
+        commit = make_commit(MINER, 1, 0, params.standing_task.task_id, model_digest, refs)
+        work = WorkProof(model_digest, len(model), refs, (server.url,), params.high_accuracy_ppm - 1)
         garbage = assemble_block(state, params, MINER, slot=0, timestamp=get_phase2_start(params, 0) + 1,
                                  commit=commit, work=work)
         for name, assume_valid in (("strict", None), ("assuming", garbage.hash)):
