@@ -38,6 +38,8 @@ from consensus.state import State
 from consensus.transition import InvalidBlock
 from consensus.work import get_blob_digests, verify_block_work
 from fullnode.config import VERIFY_HIGH, NodeConfig, load_or_create_p2p_seed, write_node_file
+from fullnode.explorer import ExplorerServer  # [issue 11]
+from fullnode.metrics import NodeMetrics  # [issue 11]
 from fullnode.messages import (
     BLOCKS_PROTOCOL,
     MAX_SYNC_BLOCKS,
@@ -126,6 +128,11 @@ class FullNode:
         """The last slot whose Phase-2 claim verification was started by the clock."""
         self._rejected_blocks: OrderedDict[bytes, str] = OrderedDict()
         """Why recent blocks were rejected (bounded: peers can make invalid blocks cheaply)."""
+        # [issue 11] explorer and metrics: fullnode/explorer.py, fullnode/metrics.py
+        self.metrics = NodeMetrics()
+        self.metrics_server = None
+        self.explorer = None
+        # [/issue 11]
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> "FullNode":
@@ -143,6 +150,15 @@ class FullNode:
             thread.start()
             self._threads.append(thread)
         self.rpc = RpcServer(make_handlers(self), host=cfg.host, port=cfg.rpc_port, datadir=self.datadir).start()
+        # [issue 11] explorer and metrics, each off unless its port is configured
+        self.metrics.bind(tip_height=lambda: self.store.tip_height, peers=self._count_peers, mempool_size=lambda: len(self.txpool))
+        if cfg.metrics_port is not None:
+            self.metrics_server = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        if cfg.explorer_port is not None:
+            self.explorer = ExplorerServer(
+                self.store, self.params, self.blobs, self.datadir / "explorer", host=cfg.explorer_host, port=cfg.explorer_port
+            ).start()
+        # [/issue 11]
         write_node_file(self.datadir, self.describe())
         self.log(f"node started: network {self.params.name}, height {self.store.tip_height}, rpc {self.rpc.url}, p2p {self.p2p_addrs()[0] if self.p2p_addrs() else '-'}")
         return self
@@ -151,6 +167,12 @@ class FullNode:
         """Stop every thread and close the database."""
         self._stop.set()
         self.jobs.put(None)
+        # [issue 11] the explorer reads the store: it stops before the store closes
+        if self.explorer is not None:
+            self.explorer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        # [/issue 11]
         if self.rpc is not None:
             self.rpc.stop()
         for thread in self._threads:
@@ -174,7 +196,12 @@ class FullNode:
             "blob_url": self.blob_server.url if self.blob_server else None,
             "p2p_addrs": self.p2p_addrs(),
             "pid": os.getpid(),
+            "explorer_url": self.explorer.url if self.explorer else None,  # [issue 11]
+            "metrics_url": self.metrics_server.url if self.metrics_server else None,  # [issue 11]
         }
+
+    def _count_peers(self) -> int:  # [issue 11] the peers gauge
+        return len(self.p2p_thread.call_sync(self.p2p.connected_peers)) if self.p2p_thread else 0
 
     def p2p_addrs(self) -> list[str]:
         """The libp2p multiaddrs peers can dial."""
@@ -492,6 +519,8 @@ class FullNode:
                     if block.header.dice_ppm <= current_dice and current != block.hash:
                         return None  # we already hold a block at least as good for this height
             accepted = self.submit_block(block, None)
+            if accepted or block.hash in self._rejected_blocks:
+                self.metrics.record_claim(accepted)  # [issue 11] unfetchable claims are not judged
             with self.lock:
                 if accepted:
                     self.claims.mark_verified(block.hash)
@@ -556,7 +585,11 @@ class FullNode:
         """The store's hook: recompute the Dice of a block about to be connected (policy: config.verify)."""
         if not self.is_work_checked(block):
             return
-        verify_block_work(block, state, self.params, self.blobs, self.workdir)
+        started = time.monotonic()  # [issue 11]
+        try:
+            verify_block_work(block, state, self.params, self.blobs, self.workdir)
+        finally:
+            self.metrics.record_verification(time.monotonic() - started)  # [issue 11]
 
     def _fetch_for(self, block: Block) -> None:
         """Download the task and work blobs a block's verification needs."""
@@ -578,6 +611,7 @@ class FullNode:
             for link in links:
                 try:
                     self.blobs.fetch(link, digest)
+                    self.metrics.record_fetch(self.blobs.size(digest))  # [issue 11]
                     break
                 except BlobError as exc:
                     last = exc
