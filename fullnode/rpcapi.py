@@ -143,11 +143,13 @@ def make_handlers(node: "FullNode") -> dict[str, Callable[..., Any]]:
         return {"txid": tx_id.hex()}
 
     def _task_status(task_id: bytes) -> tuple[str, int | None, TaskSubmission | None, dict | None]:
+        # [issue 11] The pool first, then the state: a block that includes the task connects (under the lock,
+        # verification and all) before the task leaves the pool, so one of the two always has it.
+        with node.lock:
+            pending = node.txpool.tasks.get(task_id)
         state = node.store.state()
         record = state.get_task(task_id)
         if record is None:
-            with node.lock:
-                pending = node.txpool.tasks.get(task_id)
             return ("pending", None, pending, None) if pending is not None else ("unknown", None, None, None)
         if record.selected_height == 0:
             return "waiting", None, record.submission, None

@@ -141,7 +141,9 @@ class Miner:
                     prefetcher.want(info.next.task, info.blob_url)
                 point = get_phase_point(params, time.time())
                 key = (info.height, point.slot)
-                if point.phase == PHASE_1 and key not in self._done:
+                # [issue 11] Before genesis the clock reads slot 0, Phase 1: wait for it, a commit made now is refused.
+                early = time.time() < get_slot_start(params, point.slot)
+                if point.phase == PHASE_1 and key not in self._done and not early:
                     self._done.add(key)
                     result = self.mine_round(info, point.slot, prefetcher)
                     if result is not None:
@@ -155,10 +157,10 @@ class Miner:
                     self._report_outcome(results[-1], info)
                 if waiting_for != key:
                     waiting_for = key
-                    start = get_slot_start(params, point.slot + 1)
+                    start = get_slot_start(params, point.slot + (0 if early else 1))  # [issue 11]
                     self.reporter.emit(
                         "waiting", f"height {info.height}: next round starts in {max(0.0, start - time.time()):.0f} s",
-                        height=info.height, slot=point.slot + 1,
+                        height=info.height, slot=point.slot + (0 if early else 1),
                     )
                 stop.wait(self.config.poll_seconds)
         finally:
