@@ -122,6 +122,8 @@ def up(nodes, miners, blocks, keep, phase1, phase2, rewards, explorer_port, root
     except DevnetError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt as exc:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # everything is stopped: a late second signal must not cut the exit short
         why = f" ({exc.args[0]})" if exc.args else ""
         click.echo(f"interrupted{why}; every node and miner stopped", err=True)
         sys.exit(130)
