@@ -101,6 +101,7 @@ class NodeCore:
         key_files: PublisherKeyFiles | None = None,
         claim_wait_seconds: float | None = None,
         log_fn: Callable[[str], None] | None = None,
+        on_claim_judged: Callable[[bool], None] | None = None,
     ):
         self.params = params
         self.chain = chain
@@ -113,6 +114,8 @@ class NodeCore:
         self.key_files = key_files
         self.claim_wait_seconds = params.phase2_seconds / 3 if claim_wait_seconds is None else claim_wait_seconds
         self.log = log_fn or (lambda msg: log.info(msg))
+        self.on_claim_judged = on_claim_judged or (lambda valid: None)
+        """Told whether each claim verification judged the claim valid (metrics); missing data is no judgement."""
         self._verified_slot = -1
         self._last_phase: tuple[int, int] | None = None
         chain.subscribe(self._on_activation)
@@ -218,6 +221,8 @@ class NodeCore:
                     return None
             block = claim.block
             result = self.process_block(block, now)
+            if result.is_valid or result.status is BlockStatus.INVALID:
+                self.on_claim_judged(result.is_valid)
             with self.lock:
                 if result.is_valid:
                     self.claims.mark_verified(block.hash)

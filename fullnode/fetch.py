@@ -7,9 +7,11 @@ the node download anything for a block that breaks a cheap rule.
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from consensus.chainstate import Candidate, MissingData
 from consensus.rules import get_task_submission
@@ -32,8 +34,10 @@ class BlobWant:
 class BlobFetcher:
     """Fetches blobs into the node's store from their links, then from peers' blob servers."""
 
-    def __init__(self, blobs: BlobStore):
+    def __init__(self, blobs: BlobStore, on_fetched: Callable[[int], None] | None = None):
         self.blobs = blobs
+        self.on_fetched = on_fetched
+        """Told the size of every blob fetched (metrics)."""
         self.peer_urls: dict[str, str] = {}
         """peer id -> base URL of its HTTP blob server (learnt from status messages)."""
         self.fetched_bytes = 0
@@ -52,7 +56,10 @@ class BlobFetcher:
             for link in self.get_links(want.digest, want.links):
                 try:
                     self.blobs.fetch(link, want.digest)
-                    self.fetched_bytes += self.blobs.size(want.digest)
+                    size = self.blobs.size(want.digest)
+                    self.fetched_bytes += size
+                    if self.on_fetched is not None:
+                        self.on_fetched(size)
                     break
                 except BlobError as exc:
                     last = exc
@@ -83,7 +90,7 @@ class WorkChecker:
     """
 
     def __init__(self, params: ChainParams, blobs: BlobStore, fetcher: BlobFetcher, workdir: Path,
-                 assume_valid: bytes | None = None):
+                 assume_valid: bytes | None = None, on_verified: Callable[[float], None] | None = None):
         self.params = params
         self.blobs = blobs
         self.fetcher = fetcher
@@ -94,6 +101,8 @@ class WorkChecker:
         """Hashes of blocks whose work need not be recomputed (see the class doc)."""
         self.verified = 0
         """Blocks whose work this node recomputed (for metrics)."""
+        self.on_verified = on_verified
+        """Told the seconds of every work verification (metrics)."""
 
     def is_work_checked(self, block: Block) -> bool:
         """True unless the block is a deeply buried ancestor of the assume-valid block."""
@@ -105,5 +114,10 @@ class WorkChecker:
             return
         task = get_task_submission(candidate.parent_state, self.params, block.header.task_id)
         self.fetcher.fetch_all(get_blob_wants(task, block))
-        verify_block_work(block, candidate.parent_state, self.params, self.blobs, self.workdir)
+        started = time.monotonic()
+        try:
+            verify_block_work(block, candidate.parent_state, self.params, self.blobs, self.workdir)
+        finally:
+            if self.on_verified is not None:
+                self.on_verified(time.monotonic() - started)
         self.verified += 1

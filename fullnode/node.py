@@ -33,9 +33,11 @@ from pouw.types import Block
 
 from fullnode.config import NodeConfig, load_or_create_p2p_seed, write_node_file
 from fullnode.core import NodeCore
+from fullnode.explorer import ExplorerServer
 from fullnode.fetch import BlobFetcher, WorkChecker
 from fullnode.gossip import GossipAdapter
 from fullnode.keys import PublisherKeyFiles
+from fullnode.metrics import NodeMetrics
 from fullnode.rpcapi import RpcContext, make_handlers
 from fullnode.sync import SyncAdapter
 
@@ -60,12 +62,14 @@ class FullNode:
         self.blobs = BlobStore(self.datadir / "blobs")
         (self.datadir / "work").mkdir(exist_ok=True)
         self.chain = ChainState.open(self.datadir / "chain", self.params, sigcheck=self.sigcheck)
-        self.fetcher = BlobFetcher(self.blobs)
-        self.work_checker = WorkChecker(self.params, self.blobs, self.fetcher, self.datadir / "work", config.assume_valid)
+        self.metrics = NodeMetrics()
+        self.fetcher = BlobFetcher(self.blobs, on_fetched=self.metrics.record_fetch)
+        self.work_checker = WorkChecker(self.params, self.blobs, self.fetcher, self.datadir / "work", config.assume_valid,
+                                        on_verified=self.metrics.record_verification)
         self.core = NodeCore(
             self.params, self.chain, self.work_checker,
             key_files=PublisherKeyFiles(self.datadir / "taskkeys"),
-            claim_wait_seconds=config.claim_wait_seconds, log_fn=self.log,
+            claim_wait_seconds=config.claim_wait_seconds, log_fn=self.log, on_claim_judged=self.metrics.record_claim,
         )
         self.jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -76,6 +80,8 @@ class FullNode:
         self.sync: SyncAdapter | None = None
         self.blob_server: BlobServer | None = None
         self.rpc: RpcServer | None = None
+        self.metrics_server = None
+        self.explorer: ExplorerServer | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> "FullNode":
@@ -94,16 +100,31 @@ class FullNode:
             thread.start()
             self._threads.append(thread)
         self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.host, port=cfg.rpc_port, datadir=self.datadir).start()
+        self._start_watchers()
         write_node_file(self.datadir, self.describe())
         addrs = self.p2p_addrs()
         self.log(f"node started: network {self.params.name}, height {self.chain.tip_height}, rpc {self.rpc.url}, "
                  f"p2p {addrs[0] if addrs else '-'}")
         return self
 
+    def _start_watchers(self) -> None:
+        """The metrics endpoint and the explorer page, each off unless its port is configured."""
+        cfg = self.config
+        self.metrics.bind(tip_height=lambda: self.chain.tip_height, peers=self.peer_count, mempool_size=lambda: len(self.core.txpool))
+        if cfg.metrics_port is not None:
+            self.metrics_server = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        if cfg.explorer_port is not None:
+            self.explorer = ExplorerServer(self.chain, self.params, self.blobs, self.datadir / "explorer",
+                                           host=cfg.explorer_host, port=cfg.explorer_port).start()
+
     def stop(self) -> None:
         """Stop every thread and close the database."""
         self._stop.set()
         self.jobs.put(None)
+        if self.explorer is not None:  # it reads the chain: it stops before the database closes
+            self.explorer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         if self.rpc is not None:
             self.rpc.stop()
         for thread in self._threads:
@@ -134,6 +155,8 @@ class FullNode:
             "blob_url": self.get_blob_url(),
             "p2p_addrs": self.p2p_addrs(),
             "pid": os.getpid(),
+            "explorer_url": self.explorer.url if self.explorer else None,
+            "metrics_url": self.metrics_server.url if self.metrics_server else None,
         }
 
     def get_blob_url(self) -> str | None:

@@ -118,10 +118,16 @@ def block_to_json(core: NodeCore, block: Block) -> dict:
 
 
 def task_to_json(core: NodeCore, task_id: bytes) -> dict | None:
-    """A published task with its status (one vocabulary: consensus.rules.TASK_*), or None if unknown."""
-    status = get_task_status(core.chain.state(), task_id)
+    """A published task with its status (one vocabulary: consensus.rules.TASK_*), or None if unknown.
+
+    The chain and the mempool are read under the core's lock, so a task that
+    a block just took out of the mempool is found in the chain, never lost
+    between the two.
+    """
+    with core.lock:
+        status = get_task_status(core.chain.state(), task_id)
+        pending = core.txpool.tasks.get(task_id) if status.record is None else None
     if status.record is None:
-        pending = core.get_task(task_id)
         if pending is None:
             return None
         return {"task_id": task_id.hex(), "title": pending.title, "reward": pending.reward, "publisher": pending.publisher.hex(),

@@ -34,6 +34,7 @@ from pouw.rpc import RpcError
 from pouw.types import (
     KEY_TEST,
     KEY_TRAIN,
+    MODE_NAMES,
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_STALE,
@@ -375,7 +376,7 @@ class Miner:
         from pouw.seg.dice import evaluate
 
         dice = evaluate(result.model_file, data.model, score_set, device="cpu").dice_ppm
-        self.reporter.emit("dice", f"Dice {dice / 1e6:.4f} on {len(score_set)} images ({plan.MODE_NAMES[mode]})",
+        self.reporter.emit("dice", f"Dice {dice / 1e6:.4f} on {len(score_set)} images ({MODE_NAMES[mode]})",
                            dice_ppm=dice, mode=mode)
         return dice
 

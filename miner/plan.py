@@ -177,4 +177,3 @@ def compute_backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float
     return min(cap, base * (2 ** min(attempt, 16)))
 
 
-MODE_NAMES = {MODE_NORMAL: "normal", MODE_NO_TRAIN_KEY: "no-train-key", MODE_NO_TEST_KEY: "no-test-key", MODE_STALE: "stale"}

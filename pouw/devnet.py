@@ -4,7 +4,12 @@
 phases, funded publisher and miner keys), starts the nodes (each later one
 bootstrapping from the first), the miners (spread over the nodes), submits
 tasks with different rewards from synthetic datasets, and watches the chain.
-Every process it starts it stops, on success, error or Ctrl-C.
+Every process it starts it stops, on success, error, Ctrl-C, SIGTERM or
+SIGHUP (`pouw devnet up` turns the last two into Ctrl-C).
+
+For a person trying the chain (`pouw devnet up --keep`) it also funds a
+fresh wallet in genesis, writes its key file, and says the exact commands
+that submit, follow and fetch their own task (`user_commands`).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +30,18 @@ from typing import Callable
 
 from consensus.genesis import COIN, make_devnet_params
 from fullnode.config import ConfigError, read_node_file, save_params
-from pouw.keys import KeyPair
+from pouw.keys import KeyPair, write_key_file
 from pouw.rpc import RpcClient, RpcError
 from pouw.types import Allocation, ChainParams
 
 START_MARGIN_SECONDS = 25
 """Genesis lies this far ahead, so every process is up before slot 0 starts."""
+USER_FUNDS = 1_000 * COIN
+"""What the user's devnet wallet holds at genesis."""
+NUCLEI_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_nuclei_example.py"
+"""Builds the real 2D example dataset (in a clone of the project)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals held back while the devnet stops its processes, so a second one cannot cut the clean-up short."""
 
 
 def devnet_key(role: str, index: int) -> KeyPair:
@@ -59,6 +73,10 @@ class DevnetOptions:
     timeout: float = 900.0
     extra_node_args: dict[int, list[str]] = field(default_factory=dict)
     extra_miner_args: dict[int, list[str]] = field(default_factory=dict)
+    explorer_port: int | None = None
+    """Node 0 serves the explorer on this port (0: any free port; None: no explorer)."""
+    user_wallet: bool = False
+    """Fund a fresh key for the user and write its key file (`wallet.key`, passphrase in `wallet.pass`)."""
 
 
 class DevnetError(Exception):
@@ -77,12 +95,15 @@ class Devnet:
         self.node_info: list[dict] = []
         self.params: ChainParams | None = None
         self.task_rewards: dict[str, int] = {}
+        self.user_key: KeyPair | None = KeyPair.generate() if options.user_wallet else None
 
     # --- set-up -------------------------------------------------------------
     def make_params(self) -> ChainParams:
         publishers = [devnet_key("publisher", i) for i in range(max(1, len(self.opt.tasks)))]
         miners = [devnet_key("miner", i) for i in range(self.opt.miners)]
         allocations = tuple(Allocation(k.public_key, 1_000 * COIN) for k in publishers + miners)
+        if self.user_key is not None:
+            allocations += (Allocation(self.user_key.public_key, USER_FUNDS),)
         return make_devnet_params(
             int(time.time()) + START_MARGIN_SECONDS,
             allocations,
@@ -124,6 +145,8 @@ class Devnet:
             datadir = self.root / f"node{i}"
             self.node_dirs.append(datadir)
             args = ["node", "start", "--datadir", str(datadir), "--params", str(params_file), "--rpc-port", "0", "--port", "0"]
+            if i == 0 and self.opt.explorer_port is not None:
+                args += ["--explorer-port", str(self.opt.explorer_port)]
             if i > 0:
                 args += ["--bootstrap", self.node_info[0]["p2p_addrs"][0]]
             args += self.opt.extra_node_args.get(i, [])
@@ -144,6 +167,44 @@ class Devnet:
             args += self.opt.extra_miner_args.get(j, [])
             self._spawn(f"miner{j}", args)
         self.emit(f"genesis at {time.strftime('%H:%M:%S', time.localtime(self.params.genesis_time))}; nodes {', '.join(i['rpc_url'] for i in self.node_info)}")
+        if self.explorer_url:
+            self.emit(f"explorer: {self.explorer_url}")
+
+    @property
+    def explorer_url(self) -> str | None:
+        """Node 0's explorer page, if it serves one."""
+        return self.node_info[0].get("explorer_url") if self.node_info else None
+
+    # --- the user's wallet ---------------------------------------------------------
+    def write_user_wallet(self) -> tuple[Path, Path]:
+        """Write the user's funded key (fast KDF: a devnet key) and its passphrase file, both mode 0600."""
+        key_file, pass_file = self.root / "wallet.key", self.root / "wallet.pass"
+        passphrase = secrets.token_urlsafe(18)
+        fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(passphrase + "\n")
+        write_key_file(key_file, self.user_key, passphrase, fast=True)
+        return key_file, pass_file
+
+    def user_commands(self, key_file: Path, pass_file: Path) -> dict[str, str]:
+        """The exact commands a user runs against node 0: submit a dataset, follow it, fetch its result."""
+        # Absolute paths: the user runs these from another terminal, maybe another folder.
+        node = ["--node", self.node_info[0]["rpc_url"], "--datadir", str(self.node_dirs[0].resolve())]
+        keys = ["--key-file", str(key_file.resolve()), "--passphrase-file", str(pass_file.resolve())]
+        keystore = ["--keystore", str((self.root / "user-task-keys").resolve())]
+        pouw = ["pouw"]
+
+        def join(*parts: list[str]) -> str:
+            return shlex.join([p for part in parts for p in part])
+
+        return {
+            "balance": join(pouw, ["wallet", "balance"], node, ["--key-file", str(key_file.resolve())]),
+            "dataset": shlex.join(["python", str(NUCLEI_SCRIPT) if NUCLEI_SCRIPT.exists() else "scripts/make_nuclei_example.py", "nuclei"]),
+            "submit": join(pouw, ["task", "submit", "nuclei", "--reward", "10", "--model", "unet2d",
+                                  "--patch-size", "64,64", "--base-filters", "8", "--epochs", "40"], node, keys, keystore),
+            "status": join(pouw, ["task", "status", "TASK_ID"], node),
+            "results": join(pouw, ["task", "results", "TASK_ID", "--out", "nuclei-results"], node, keystore),
+        }
 
     def client(self, index: int) -> RpcClient:
         """An RPC client of node `index`."""
@@ -184,14 +245,15 @@ class Devnet:
             if proc.popen.poll() is not None:
                 raise DevnetError(f"{proc.name} exited with code {proc.popen.returncode}; see {proc.log_path}:\n{_tail(proc.log_path)}")
 
-    def watch(self, on_block: Callable[[dict], None]) -> list[dict]:
-        """Follow node 0 until it has `blocks` blocks; returns them as dicts."""
+    def watch(self, on_block: Callable[[dict], None], *, forever: bool = False) -> list[dict]:
+        """Follow node 0 until it has `blocks` blocks (with `forever`, until interrupted); returns them as dicts."""
         seen: list[dict] = []
         client = self.client(0)
         deadline = time.time() + self.opt.timeout
         last_height = 0
-        while last_height < self.opt.blocks:
-            if time.time() > deadline:
+        goal = float("inf") if forever else self.opt.blocks
+        while last_height < goal:
+            if not forever and time.time() > deadline:
                 raise DevnetError(f"only {last_height} of {self.opt.blocks} blocks after {self.opt.timeout:.0f} s")
             self._check_processes()
             try:
@@ -199,7 +261,7 @@ class Devnet:
             except RpcError:
                 time.sleep(0.5)
                 continue
-            while last_height < min(height, self.opt.blocks):
+            while last_height < min(height, goal):
                 last_height += 1
                 block = client.call("getblock", ref=last_height)
                 entry = self._describe_block(client, block)
@@ -255,10 +317,17 @@ class Devnet:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stop every process this devnet started (miners first)."""
-        for proc in sorted(self.procs, key=lambda p: not p.name.startswith("miner")):
-            _terminate(proc.popen)
-        self.procs.clear()
+        """Stop every process this devnet started (miners first), with stop signals held until all are gone."""
+        held = threading.current_thread() is threading.main_thread()
+        if held:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for proc in sorted(self.procs, key=lambda p: not p.name.startswith("miner")):
+                _terminate(proc.popen)
+            self.procs.clear()
+        finally:
+            if held:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def __enter__(self) -> "Devnet":
         return self

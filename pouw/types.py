@@ -47,6 +47,15 @@ MODE_STALE = 3
 """The block is not in the slot right after its parent's, so the task's test set may be public: the work is on the
 standing task and the escrow is refunded."""
 TASK_MODES = (MODE_NORMAL, MODE_NO_TRAIN_KEY, MODE_NO_TEST_KEY, MODE_STALE)
+MODE_NAMES = {MODE_NORMAL: "normal", MODE_NO_TRAIN_KEY: "no-train-key", MODE_NO_TEST_KEY: "no-test-key", MODE_STALE: "stale"}
+"""Short names of the modes (logs, events, JSON)."""
+MODE_DESCRIPTIONS = {
+    MODE_NORMAL: "normal",
+    MODE_NO_TRAIN_KEY: "no training key on chain (standing task; escrow partly burned)",
+    MODE_NO_TEST_KEY: "no test key (scored on the training set)",
+    MODE_STALE: "stale: its slot passed (standing task; escrow refunded)",
+}
+"""What each mode means, for people (CLI, explorer)."""
 
 KEY_TRAIN = 0
 """KeyReveal.which for the training-set key."""

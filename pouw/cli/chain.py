@@ -9,12 +9,7 @@ import click
 
 from pouw.cli.common import call, format_coins, json_option, make_client, node_options, output, short
 
-MODE_NAMES = {
-    0: "normal",
-    1: "no training key on chain (standing task)",
-    2: "no test key (scored on training set)",
-    3: "stale: its slot passed (standing task)",
-}
+from pouw.types import MODE_DESCRIPTIONS
 
 
 @click.group()
@@ -62,7 +57,7 @@ def block(ref: str, node_url: str, datadir: Path, as_json: bool) -> None:
             f"height {res.get('height')}  slot {h.get('slot')}  confirmations {res.get('confirmations')}",
             f"time   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(int(h.get('timestamp', 0))))}",
             f"miner  {h.get('miner')}",
-            f"task   {h.get('task_id')}  mode {MODE_NAMES.get(h.get('task_mode'), h.get('task_mode'))}",
+            f"task   {h.get('task_id')}  mode {MODE_DESCRIPTIONS.get(h.get('task_mode'), h.get('task_mode'))}",
             f"Dice   {int(h.get('dice_ppm', 0)) / 1e6:.4f}",
             f"txs    {len(res.get('transactions', []))}",
         ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from fullnode.config import NETWORKS
 
 DEFAULT_DATADIR = Path.home() / ".pouw"
 
@@ -53,11 +54,33 @@ def _parse_block_hash(value: str | None) -> bytes | None:
     return raw
 
 
+def get_conf_key(param: click.Parameter) -> str | None:
+    """The pouw.conf key of a `pouw node start` option: its long flag without the dashes."""
+    longs = [opt[2:] for opt in getattr(param, "opts", ()) if opt.startswith("--")]
+    return longs[0] if longs else None
+
+
+def apply_conf(ctx: click.Context, opts: dict, conf: dict) -> dict:
+    """`opts` with every option not given on the command line taken from `conf` (flags win)."""
+    from click.core import ParameterSource
+
+    merged = dict(opts)
+    for param in ctx.command.params:
+        key = get_conf_key(param)
+        if key not in conf or ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            continue
+        value = conf[key]
+        merged[param.name] = tuple(value) if isinstance(value, list) else value
+    return merged
+
+
 @node.command("start")
 @click.option("--datadir", type=click.Path(path_type=Path), default=None, help="Data directory (default ~/.pouw/<network>).")
-@click.option("--network", type=click.Choice(["main", "devnet"]), default="main", show_default=True)
+@click.option("--conf", "conf_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Settings file (default DATADIR/pouw.conf; `key = value` lines, the keys are these options' names).")
+@click.option("--network", type=click.Choice(NETWORKS), default="main", show_default=True)
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default=None, help="Network parameters file (params.json).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (p2p, RPC, blobs).")
 @click.option("--port", default=0, type=int, help="libp2p TCP port (0: any).")
 @click.option("--rpc-port", default=8645, type=int, show_default=True, help="JSON-RPC port (0: any).")
 @click.option("--blob-port", default=0, type=int, help="Blob HTTP port (0: any).")
@@ -66,16 +89,33 @@ def _parse_block_hash(value: str | None) -> bytes | None:
               help="A block known good: its ancestors buried deeper than the finality window skip the Dice recomputation "
                    "during sync (every other block is fully verified).")
 @click.option("--claim-wait", type=float, default=None, help="Seconds into Phase 2 before claims are verified.")
+@click.option("--explorer-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the read-only explorer web page on this port (0: any; default: no explorer).")
+@click.option("--explorer-host", default="127.0.0.1", show_default=True, help="Address the explorer listens on.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics at /metrics on this port (0: any; default: none).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint listens on.")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
-def start(datadir, network, params_file, host, port, rpc_port, blob_port, bootstrap, assume_valid, claim_wait, as_json) -> None:
-    """Start a full node and run it until Ctrl-C or SIGTERM."""
-    from fullnode.config import ConfigError, NodeConfig
+@click.pass_context
+def start(ctx: click.Context, **opts) -> None:
+    """Start a full node and run it until Ctrl-C or SIGTERM.
+
+    Options not given here are read from DATADIR/pouw.conf when it exists
+    (docs/operator.md); a flag on the command line wins over the file.
+    """
+    from fullnode.config import CONF_NAME, ConfigError, NodeConfig, read_conf_file
     from fullnode.node import FullNode
     from pouw.chaindb import StoreError
 
-    datadir = datadir or DEFAULT_DATADIR / network
+    datadir = opts["datadir"] or DEFAULT_DATADIR / opts["network"]
+    try:
+        conf_path = opts["conf_file"] or datadir / CONF_NAME
+        opts = apply_conf(ctx, opts, read_conf_file(conf_path, required=opts["conf_file"] is not None))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     datadir.mkdir(parents=True, exist_ok=True)
     out_lock = threading.Lock()
+    as_json = opts["as_json"]
 
     def emit(message: str) -> None:
         with out_lock:
@@ -86,17 +126,21 @@ def start(datadir, network, params_file, host, port, rpc_port, blob_port, bootst
 
     logging.basicConfig(level=os.environ.get("POUW_LOG", "WARNING"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        params = _load_params(network, params_file, datadir)
+        params = _load_params(opts["network"], opts["params_file"], datadir)
         config = NodeConfig(
             datadir=datadir,
             params=params,
-            host=host,
-            p2p_port=port,
-            rpc_port=rpc_port,
-            blob_port=blob_port,
-            bootstrap=list(bootstrap),
-            assume_valid=_parse_block_hash(assume_valid),
-            claim_wait_seconds=claim_wait,
+            host=opts["host"],
+            p2p_port=opts["port"],
+            rpc_port=opts["rpc_port"],
+            blob_port=opts["blob_port"],
+            bootstrap=list(opts["bootstrap"]),
+            assume_valid=_parse_block_hash(opts["assume_valid"]),
+            claim_wait_seconds=opts["claim_wait"],
+            explorer_port=opts["explorer_port"],
+            explorer_host=opts["explorer_host"],
+            metrics_port=opts["metrics_port"],
+            metrics_host=opts["metrics_host"],
         )
         full_node = FullNode(config, log_fn=emit).start()
     except (ConfigError, StoreError, OSError, ValueError) as exc:
