@@ -61,6 +61,8 @@ class MinerConfig:
     """Holds the miner's blob store (task data, models, checkpoints) and decrypted datasets."""
     device: str = "cpu"
     """torch device to train on: "cpu" or "cuda:N"."""
+    devices: tuple[str, ...] = ()
+    """Devices to train one model on together (data parallel, pouw.seg.launch); empty: just `device`."""
     threads: int | None = None
     """CPU threads for training (None: all cores)."""
     margin: float | None = None
@@ -275,13 +277,14 @@ class Miner:
             "train", f"training {data.model.architecture} on {len(data.train_set)} images for {deadline - now:.0f} s",
             mode=mode, images=len(data.train_set), seconds=round(deadline - now, 1),
         )
-        from pouw.seg.train import TrainError, train
+        from pouw.seg.launch import train_on_devices
+        from pouw.seg.train import TrainError
 
         try:
-            result = train(
-                data.model, data.train, data.train_set, compute_training_seed(info.prev_hash, kp.public_key),
-                deadline, self.blobs, device=self.config.device, progress=self.config.progress,
-                num_threads=self._threads(),
+            result = train_on_devices(
+                self.config.devices or (self.config.device,), data.model, data.train, data.train_set,
+                compute_training_seed(info.prev_hash, kp.public_key), deadline, self.blobs,
+                progress=self.config.progress, num_threads=self._threads(),
             )
         except TrainError as exc:
             raise Abandon(f"training failed: {exc}") from None
