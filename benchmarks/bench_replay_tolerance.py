@@ -2,27 +2,25 @@
 
     python benchmarks/bench_replay_tolerance.py [--quick] [--json]
 
-No GPU is needed: every effect GPU mixed-precision training has on a CPU
-replay is simulated on the CPU with the real trainer and the real verifier:
+No GPU is needed: every effect GPU training has on a CPU replay is simulated
+on the CPU with the real trainer and the real verifier:
 
-* precision: bf16 autocast (as on CUDA: weights, gradients and optimizer
-  state fp32, the first FP32_WARMUP_STEPS steps fp32) against the fp32 replay;
 * thread count: the miner trains with 2 threads, the verifier replays with 1
-  (a different order of every float reduction, as a GPU's kernels have);
-* data parallelism: 2 processes (gloo, DistributedDataParallel: the
-  gradient all-reduce sums in another order and each rank computes its half
-  of the batch);
-* all of them at once;
-* for contrast, the same bf16 run with its first steps in bf16 too.
+  (another order of every float reduction, as a GPU's kernels have);
+* data parallelism: 2 processes (gloo, DistributedDataParallel: the gradient
+  all-reduce adds in another order and each rank computes its half of the
+  batch), and the same with 2 threads each;
+* mixed precision: bf16 autocast (weights, gradients and optimizer state fp32,
+  the first FP32_WARMUP_STEPS steps fp32), alone and with the two above; and
+  bf16 from the first step.
 
 Every segment of every run is replayed on one process, one thread, fp32
-(what `verify_work` does) and both distances are kept: the weights' and the
+(what `verify_work` does); the distance is the larger of the weights' and the
 Adam momentum's, each relative to its own change over the segment. Forged
-segments of the same runs are measured the same way: interpolated paths,
-noise of 10% of a segment's step, a doubled step, and a segment trained
-honestly but on another seed's batches. The tolerance is chosen as
-MARGIN x the largest honest distance and must stay below the smallest
-forged one.
+segments of the fp32 runs are measured the same way: an interpolated path,
+noise of 10% of a segment's step, a doubled step. The tolerance is
+MARGIN x the largest honest fp32 distance and must stay well below the
+smallest forged one; the bf16 figures show why the miner trains fp32.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ from pouw.seg.verify import REPLAY_TOLERANCE, compute_momentum_distance, compute
 from pouw.seg.weights import decode_checkpoint, decode_model  # noqa: E402
 
 SEED = bytes(range(32))
-OTHER_SEED = bytes(range(1, 33))
 MARGIN = 2.0
 """Tolerance = MARGIN x the largest honest distance measured."""
 
@@ -87,12 +84,14 @@ def get_tasks(quick: bool) -> list[dict]:
 
 
 EFFECTS = {
-    "threads 2 vs 1 (fp32)": dict(devices=("cpu",), threads=2, precision="fp32"),
+    "fp32, threads 2 vs 1": dict(devices=("cpu",), threads=2, precision="fp32"),
+    "fp32, DDP 2 ranks": dict(devices=("cpu", "cpu"), threads=2, precision="fp32"),
+    "fp32, DDP 2 ranks x 2 threads": dict(devices=("cpu", "cpu"), threads=4, precision="fp32"),
     "bf16 autocast": dict(devices=("cpu",), threads=1, precision="bf16"),
-    "DDP 2 ranks (fp32)": dict(devices=("cpu", "cpu"), threads=2, precision="fp32"),
-    "bf16 + DDP 2 ranks + threads": dict(devices=("cpu", "cpu"), threads=4, precision="bf16"),
+    "bf16 + DDP 2 ranks x 2 threads": dict(devices=("cpu", "cpu"), threads=4, precision="bf16"),
     "bf16 from step 0 (no fp32 warm-up)": dict(devices=("cpu",), threads=1, precision="bf16", warmup=0),
 }
+"""Simulated effects; the fp32 ones are what the miner does (GPU: fp32, TF32 off)."""
 
 
 def run_training(task: dict, dataset, effect: dict, store: BlobStore, seed: bytes = SEED):
@@ -124,8 +123,7 @@ def measure_forgeries(dataset, store: BlobStore, digests) -> dict[str, float]:
     """The smallest distance each kind of forged segment reaches (weights distance)."""
     cks = [decode_checkpoint(store.get_bytes(d)) for d in digests]
     states = [decode_model(ck.model_file, ck.model_spec) for ck in cks]
-    forged: dict[str, list[float]] = {"interpolated path": [], "noise 10% of the step": [], "doubled step": [],
-                                      "segment on another seed's batches": []}
+    forged: dict[str, list[float]] = {"interpolated path": [], "noise 10% of the step": [], "doubled step": []}
     init, final = states[0], states[-1]
     n = len(states) - 1
     gen = torch.Generator().manual_seed(0)
@@ -149,9 +147,6 @@ def measure_forgeries(dataset, store: BlobStore, digests) -> dict[str, float]:
                                                      for k in honest}))
         forged["doubled step"].append(dist({k: prev[k] + 2 * (honest[k] - prev[k]) if honest[k].is_floating_point()
                                             else honest[k] for k in honest}))
-        # Trained honestly from the same start, but on another seed's batch order and patches.
-        wrong = replay_segment(_reseeded(cks[i - 1], OTHER_SEED), cks[i].position, dataset)[0]
-        forged["segment on another seed's batches"].append(dist(wrong))
     return {k: min(v) for k, v in forged.items() if v}
 
 
@@ -161,12 +156,6 @@ def _with_weights(ck, state):
     from pouw.seg.weights import encode_model
 
     return replace(ck, model_file=encode_model(state, ck.model_spec))
-
-
-def _reseeded(ck, seed):
-    from dataclasses import replace
-
-    return replace(ck, seed=seed)
 
 
 def summarise(values: list[float]) -> dict:
@@ -198,11 +187,13 @@ def run(quick: bool) -> dict:
                     for kind, v in measure_forgeries(dataset, store, result.checkpoint_digests).items():
                         forged_min[kind] = min(forged_min.get(kind, math.inf), v)
             out["tasks"][task["name"]] = rows
-    honest = [v for k, vs in all_by_effect.items() if "no fp32 warm-up" not in k for v in vs]
+    honest = [v for k, vs in all_by_effect.items() if k.startswith("fp32") for v in vs]
+    mixed = [v for k, vs in all_by_effect.items() if k.startswith("bf16 ") and "no fp32" not in k for v in vs]
     out["effects"] = {k: summarise(v) for k, v in all_by_effect.items()}
-    out["honest"] = summarise(honest)
+    out["honest_fp32"] = summarise(honest)
+    out["bf16"] = summarise(mixed)
     out["forgeries"] = forged_min
-    out["recommended_tolerance"] = MARGIN * out["honest"]["max"]
+    out["recommended_tolerance"] = MARGIN * out["honest_fp32"]["max"]
     out["smallest_forgery"] = min(forged_min.values())
     out["seconds"] = time.time() - started
     return out
@@ -220,12 +211,13 @@ def print_human(res: dict) -> None:
     print("\nall tasks, by effect:")
     for name, s in res["effects"].items():
         print(f"  {name:38s} n={s['n']:4d} max {s['max']:.4f} p99 {s['p99']:.4f} median {s['median']:.4f}")
-    h = res["honest"]
-    print(f"honest (all effects with the fp32 warm-up): n={h['n']} max {h['max']:.4f} p99 {h['p99']:.4f}")
-    print("forged segments, smallest distance reached:")
+    h, b = res["honest_fp32"], res["bf16"]
+    print(f"honest fp32 (what the miner does): n={h['n']} max {h['max']:.4f} p99 {h['p99']:.4f}")
+    print(f"bf16 autocast with the fp32 warm-up: n={b['n']} max {b['max']:.4f} p99 {b['p99']:.4f}")
+    print("forged segments (of the fp32 runs), smallest distance reached:")
     for kind, v in res["forgeries"].items():
         print(f"  {kind:38s} {v:.3f}")
-    print(f"recommended tolerance {MARGIN:g} x max honest = {res['recommended_tolerance']:.4f}; "
+    print(f"recommended tolerance {MARGIN:g} x max honest fp32 = {res['recommended_tolerance']:.4f}; "
           f"smallest forgery {res['smallest_forgery']:.3f}; REPLAY_TOLERANCE in the code = {res['tolerance_in_code']}")
     print(f"({res['seconds']:.0f} s)")
 

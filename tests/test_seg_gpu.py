@@ -1,8 +1,7 @@
-"""The CUDA path: bf16 mixed-precision training that a CPU verifier replays, DDP over NCCL.
+"""The CUDA path: training a CPU verifier replays within the tolerance, and DDP over NCCL.
 
 Skipped with a reason where no CUDA device exists; the CPU-side simulation of
-every mixed-precision effect is benchmarks/bench_replay_tolerance.py and
-tests/test_seg_verify.py::test_bf16_training_verifies_in_fp32.
+every effect (threads, DDP, bf16) is benchmarks/bench_replay_tolerance.py.
 """
 
 from __future__ import annotations
@@ -27,29 +26,39 @@ pytestmark = [
 ]
 
 
+def _replay_distances(store, result, train_set):
+    return [spot_check(store, result.checkpoint_digests, i, train_set, device="cpu")
+            for i in range(1, len(result.checkpoint_digests))]
+
+
 @pytest.mark.parametrize("arch", ["unet2d", "fcn"])
-def test_cuda_bf16_training_replays_on_cpu_every_segment(tmp_path, arch):
+def test_cuda_training_replays_on_cpu_every_segment(tmp_path, arch):
     spec = ModelSpec(arch, 1, 2, 16, (64, 64))
     tspec = TrainSpec(0.01, 8, "dicece", "adam", 8)
     train_set, test_set = small_data(spec, n_train=64, n_test=8)
     store = BlobStore(tmp_path / "blobs")
     seed = b"\x07" * 32
     result = train(spec, tspec, train_set, seed, time.time() + 300, store, device="cuda:0", progress=False)
-    assert result.device.startswith("cuda") and result.precision == "bf16" and result.epochs == 8
-    distances = [spot_check(store, result.checkpoint_digests, i, train_set, device="cpu")
-                 for i in range(1, len(result.checkpoint_digests))]
-    print(f"{arch}: CUDA bf16 -> CPU fp32 replay distances: max {max(distances):.4f}, all {distances}")
+    assert result.device.startswith("cuda") and result.precision == "fp32" and result.epochs == 8
+    distances = _replay_distances(store, result, train_set)
+    print(f"{arch}: CUDA fp32 -> CPU fp32 replay distances: max {max(distances):.4f}, all {distances}")
     assert max(distances) <= REPLAY_TOLERANCE
+    # For the record (no assertion): how far bf16 autocast on this GPU lands (docs/useful_work.md §7).
+    mixed = train(spec, tspec, train_set, seed, time.time() + 300, BlobStore(tmp_path / "bf16"), device="cuda:0",
+                  progress=False, precision="bf16")
+    print(f"{arch}: CUDA bf16 -> CPU fp32 replay distances: {_replay_distances(BlobStore(tmp_path / 'bf16'), mixed, train_set)}")
     store.put_bytes(result.model_file)
     dice = evaluate(result.model_file, spec, test_set).dice_ppm
-    for device in ("cpu", "cuda:0"):  # a full node verifies on its CPU, or on its GPU
-        report = verify_work(
-            model_spec=spec, train_spec=tspec, model_digest=result.model_digest,
-            checkpoint_digests=result.checkpoint_digests, claimed_dice_ppm=dice, blob_store=store,
-            test_dataset=test_set, train_dataset=train_set, spot_check_seed=b"\x09" * 32, train_seed=seed,
-            dice_tolerance_ppm=1_000 if device == "cpu" else 5_000, device=device,
-        )
-        assert report.segments == 8
+    report = verify_work(
+        model_spec=spec, train_spec=tspec, model_digest=result.model_digest,
+        checkpoint_digests=result.checkpoint_digests, claimed_dice_ppm=dice, blob_store=store,
+        test_dataset=test_set, train_dataset=train_set, spot_check_seed=b"\x09" * 32, train_seed=seed,
+    )
+    assert report.segments == 8
+    # A full node with a GPU may replay on it; its Dice is not bit-identical to the CPU's (printed, for --verify-device).
+    on_gpu = [spot_check(store, result.checkpoint_digests, i, train_set, device="cuda:0") for i in (1, 8)]
+    assert max(on_gpu) <= REPLAY_TOLERANCE
+    print(f"{arch}: Dice on CPU {dice} ppm, on GPU {evaluate(result.model_file, spec, test_set, device='cuda:0').dice_ppm} ppm")
 
 
 def test_nccl_process_group_trains_what_one_cpu_process_verifies(tmp_path):

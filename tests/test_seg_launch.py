@@ -129,3 +129,22 @@ def test_miner_cli_devices_mines_a_block_a_full_node_verifies(tmp_path):
             assert spot_check(miner_store, work.checkpoint_digests, i, train_set) <= REPLAY_TOLERANCE
     finally:
         node.stop()
+
+
+def test_miner_cli_refuses_bad_device_options():
+    from pouw.cli import main
+
+    def start(*args):
+        return CliRunner().invoke(main, ["miner", "start", "--key-seed", "00" * 32, *args])
+
+    both = start("--device", "cpu", "--devices", "cpu,cpu")
+    assert both.exit_code == 2 and "not both" in both.output
+    bad = start("--devices", "gpu0")
+    assert bad.exit_code == 2 and "not a device" in bad.output
+    several = start("--device", "cpu,cpu")
+    assert several.exit_code == 2 and "--devices" in several.output
+    import torch
+
+    if not torch.cuda.is_available():
+        missing = start("--devices", "all")
+        assert missing.exit_code == 1 and "no CUDA device" in missing.output

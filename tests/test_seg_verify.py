@@ -1,8 +1,10 @@
 import hashlib
+import time
 
 import pytest
 import torch
 
+from pouw.blobstore import BlobStore
 from pouw.seg.dice import evaluate
 from pouw.seg.train import init_model
 from pouw.seg.trajectory import make_layout
@@ -13,7 +15,7 @@ from pouw.seg.verify import (
 )
 from pouw.seg.weights import ZERO_DIGEST, Checkpoint, decode_checkpoint, decode_model, encode_checkpoint, encode_model
 
-from tests.seg_fixtures import run_small_training, small_train_spec
+from tests.seg_fixtures import run_small_training, small_data, small_spec, small_train_spec
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +217,13 @@ def test_verifier_primitives(honest):
         replay_checkpoint_segment(cks[1], cks[3], h["train_ds"])
 
 
-def test_bf16_training_verifies_in_fp32(tmp_path):
-    """Mixed precision (bf16 autocast, as on CUDA) simulated on the CPU: every segment replays in fp32 within tolerance."""
-    spec, tspec, train_ds, test_ds, store, r = run_small_training(tmp_path, tspec=small_train_spec(epochs=4),
-                                                                 precision="bf16")
-    assert r.precision == "bf16"
+def test_training_on_more_threads_verifies_on_one(tmp_path):
+    """A miner's thread count changes the order of float reductions; the one-thread replay stays within tolerance."""
+    from pouw.seg.train import train
+
+    spec, tspec = small_spec("fcn", patch=(64, 64), filters=8), small_train_spec(epochs=3, loss="dicece")
+    train_ds, _ = small_data(spec, n_train=16)
+    store = BlobStore(tmp_path)
+    r = train(spec, tspec, train_ds, b"\x06" * 32, time.time() + 120, store, progress=False, num_threads=2)
     distances = [spot_check(store, r.checkpoint_digests, i, train_ds) for i in range(1, len(r.checkpoint_digests))]
-    assert max(distances) <= REPLAY_TOLERANCE and max(distances) > 0  # bf16 really ran
+    assert 0 < max(distances) <= REPLAY_TOLERANCE

@@ -79,6 +79,11 @@ def test_3d_task_trained_claimed_and_verified(tmp_path, nifti_task, arch):
     for seed in (bytes([i]) * 32 for i in range(6)):  # several spot-checked segments
         report = verify_work(**kw, spot_check_seed=seed)
         assert report.dice.dice_ppm == kw["claimed_dice_ppm"]
+    # The publisher's overlays work on whole volumes (middle slice).
+    from pouw.seg.report import write_prediction_overlays
+
+    pngs = write_prediction_overlays(tmp_path / "overlays", r.model_file, kw["model_spec"], kw["test_dataset"])
+    assert len(pngs) == 2 and all(p.stat().st_size > 0 for p in pngs)
 
     # Tampered: a better Dice than the model has.
     with pytest.raises(WorkInvalid, match="claimed Dice"):

@@ -170,6 +170,12 @@ class VolumeDataset:
         """Image (C, *spatial) float32 and label map (1, *spatial) uint8 of case i (read from the cache now)."""
         return torch.from_numpy(np.array(self.images[i])), torch.from_numpy(np.array(self.labels[i]))[None]
 
+    def subset(self, indices: Sequence[int]) -> "VolumeDataset":
+        idx = list(indices)
+        return VolumeDataset(tuple(self.images[i] for i in idx), tuple(self.labels[i] for i in idx),
+                             tuple(self.foreground[i] for i in idx), tuple(self.names[i] for i in idx),
+                             self.num_classes)
+
 
 Dataset = Union[SegDataset, VolumeDataset]
 """Either dataset kind; training, Dice and verification take both."""

@@ -13,7 +13,8 @@ Every rank's failure comes back as a TrainError naming the rank (the kind,
 DeadlineError or TrainError, is kept); a rank that dies without a word
 (killed, out of memory) is reported with its exit code. All ranks are
 stopped and reaped before this function returns or raises, whatever
-happened (Ctrl-C included).
+happened (Ctrl-C included), and on Linux a rank also ends when the miner
+process itself is killed.
 """
 
 from __future__ import annotations
@@ -160,8 +161,20 @@ def _stop(procs) -> None:
             p.join(5.0)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to end this rank when the miner process dies, however it dies (no orphans holding a GPU)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own clean-up still reaps the ranks
+
+
 def _rank_main(rank: int, devices: tuple[str, ...], port: int, timeout: float, job: dict, results) -> None:
     """One rank: join the group, train, report (the result on rank 0, an error on any rank)."""
+    _die_with_parent()
     import torch
     import torch.distributed as dist
 

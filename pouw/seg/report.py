@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pouw.blobstore import BlobStore
 from pouw.seg.data import SegDataset
-from pouw.seg.dice import evaluate, predict
+from pouw.seg.dice import evaluate, predict_case
 from pouw.seg.spec import ModelSpec
 from pouw.seg.weights import decode_checkpoint, load_model
 
@@ -64,13 +64,14 @@ def write_prediction_overlays(out_dir: Path | str, model_file: bytes, spec: Mode
     """Overlay PNGs for the first `limit` test images, titled with their Dice."""
     model = load_model(model_file, spec)
     sub = dataset.subset(range(min(limit, len(dataset))))
-    pred = predict(model, sub)
     dice = evaluate(model, spec, sub)
     paths = []
     for i, name in enumerate(sub.names):
+        image, label = sub.get_case(i)  # whole volumes too (patch tasks)
+        pred = predict_case(model, image, tuple(spec.patch_size))
         title = f"{name}  Dice {dice.per_image[i] / 1e6:.3f}"
-        paths.append(write_overlay_png(Path(out_dir) / f"{name}_overlay.png", sub.images[i, 0].numpy(),
-                                       sub.labels[i, 0].numpy(), pred[i, 0].numpy(), title=title))
+        paths.append(write_overlay_png(Path(out_dir) / f"{name}_overlay.png", image[0].numpy(),
+                                       label[0].numpy(), pred[0].numpy(), title=title))
     return paths
 
 
