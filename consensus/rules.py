@@ -116,6 +116,11 @@ def compute_standing_seed(prev_hash: bytes, split: str) -> bytes:
     return sha256(b"pouw/standing/" + split.encode() + prev_hash)
 
 
+def compute_norm_micro(norm: float) -> int:
+    """A weight-update norm as a claim declares it: millionths, rounded (half to even), never negative."""
+    return max(0, round(norm * 1_000_000))
+
+
 def compute_replay_seed(prev_hash: bytes, miner: bytes, trajectory_root: bytes, key_reveals) -> bytes:
     """Seed that draws the random segments a verifier replays.
 

@@ -1,22 +1,37 @@
 """The useful-work rules of a block: which data its model trains and is scored on, and verifying it.
 
 `apply_block` checks everything that needs only the block and the state;
-`verify_block_work` adds what needs the blobs: the model and checkpoint
-files, the decrypted datasets, the recomputed Dice (within the chain's
-tolerance) and the Proof-of-Learning spot check. The caller fetches blobs
-first (networking is not this room's business); a missing blob is an
-InvalidBlock like any other failure, so the caller decides whether to retry.
+`verify_block_work` adds what needs the blobs: the model and the checkpoints
+its plan names (`compute_work_plan`), the decrypted datasets, the recomputed
+Dice (within the chain's tolerance) and the Proof-of-Learning replays of the
+segments with the largest declared updates and of segments drawn from keys
+revealed after the commit. The caller fetches the blobs first (networking is
+not this room's business); a missing blob is an InvalidBlock like any other
+failure, so the caller decides whether to retry.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pouw.blobstore import BlobStore
-from pouw.seg.data import DataError, SegDataset, load_dataset, synthetic_dataset
+from pouw.seg.data import DataError, SegDataset, compute_dataset_digest, load_dataset, synthetic_dataset
 from pouw.seg.spec import ModelSpec, TrainSpec
-from pouw.seg.verify import VerifyReport, WorkInvalid, verify_work
+from pouw.seg.dice import evaluate, is_within_tolerance
+from pouw.seg.train import init_model
+from pouw.seg.trajectory import make_layout
+from pouw.seg.verify import (
+    MAX_CHECKPOINT_BYTES,
+    REPLAY_TOLERANCE,
+    WorkInvalid,
+    check_checkpoint,
+    check_initial_checkpoint,
+    load_checkpoint_blob,
+    replay_checkpoint_segment,
+)
+from pouw.seg.weights import ZERO_DIGEST, WeightsError, compute_update_norm, decode_model, encode_model
 from pouw.taskpack import unpack_blob
 from pouw.blobcrypt import DecryptError
 from pouw.taskpack import PackError
@@ -27,10 +42,13 @@ from pouw.types import (
     Block,
     ChainParams,
     ChainStatus,
+    CheckpointRef,
     TaskSubmission,
 )
 from consensus.rules import (
+    compute_norm_micro,
     compute_replay_seed,
+    compute_replay_segments,
     compute_standing_seed,
     compute_training_seed,
     get_task_submission,
@@ -55,16 +73,64 @@ class WorkData:
     """The data its Dice is measured on (None until the test key is known)."""
 
 
-def get_blob_digests(task: TaskSubmission | None, mode: int, block: Block | None = None) -> list[bytes]:
-    """Blobs a node must hold to verify a block: the task's dataset blobs, then the work's model and checkpoints."""
+def make_checkpoint_refs(checkpoint_digests, update_norms, blobs: BlobStore) -> tuple[CheckpointRef, ...]:
+    """The trajectory leaves of a training run: each checkpoint's digest, size (from `blobs`) and declared update norm.
+
+    `update_norms[i - 1]` is the L2 norm of checkpoint i's weights minus
+    checkpoint i-1's (float); it is declared in millionths, rounded.
+    """
+    if len(update_norms) != len(checkpoint_digests) - 1:
+        raise ValueError("one update norm per trained segment is needed")
+    norms = (0,) + tuple(compute_norm_micro(n) for n in update_norms)
+    return tuple(CheckpointRef(d, blobs.size(d), n) for d, n in zip(checkpoint_digests, norms))
+
+
+FULL_TRAJECTORY_BYTES = 32 << 20
+"""A trajectory whose checkpoints take at most this many bytes is fetched whole, so every declared norm is checked."""
+NORM_TOLERANCE_MICRO = 2
+"""Largest difference (millionths) between a declared and a recomputed update norm, besides the relative one."""
+NORM_TOLERANCE_RELATIVE = 1e-4
+"""Largest relative difference between a declared and a recomputed update norm (float64 sums in another order)."""
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """What verifying a block's work reads: the segments it replays and the checkpoints it fetches."""
+
+    segments: tuple[int, ...]
+    """Segments replayed (segment i runs from checkpoint i-1 to checkpoint i): top-Q declared norms, then random draws."""
+    checkpoints: tuple[int, ...]
+    """Indices of the checkpoints fetched: both ends of every replayed segment and the last one, or all of them when
+    the trajectory is small (FULL_TRAJECTORY_BYTES)."""
+
+
+def compute_work_plan(block: Block, params: ChainParams) -> WorkPlan:
+    """The segments a verifier replays and the checkpoints it fetches for `block` (consensus: every node the same)."""
+    work, commit = block.body.work, block.body.commit
+    seed = compute_replay_seed(block.header.prev_hash, block.header.miner, commit.trajectory_root, block.body.key_reveals)
+    segments = compute_replay_segments(seed, work.checkpoints, params.replay_top_q, params.replay_random)
+    last = len(work.checkpoints) - 1
+    if sum(c.size for c in work.checkpoints) <= FULL_TRAJECTORY_BYTES:
+        return WorkPlan(tuple(segments), tuple(range(last + 1)))
+    needed = {last}
+    for i in segments:
+        needed |= {i - 1, i}
+    return WorkPlan(tuple(segments), tuple(sorted(needed)))
+
+
+def get_blob_digests(task: TaskSubmission | None, mode: int, block: Block | None = None,
+                     params: ChainParams | None = None) -> list[bytes]:
+    """Blobs a node must hold to verify a block: the task's dataset blobs, the model, and the checkpoints of its plan."""
     digests: list[bytes] = []
     if not is_standing_work(task, mode):
         digests.append(task.train_blob.digest)
         if mode != MODE_NO_TEST_KEY:
             digests.append(task.test_blob.digest)
     if block is not None and block.body.work is not None:
-        digests.append(block.body.work.model_digest)
-        digests.extend(block.body.work.checkpoint_digests)
+        work = block.body.work
+        digests.append(work.model_digest)
+        indices = compute_work_plan(block, params).checkpoints if params is not None else range(len(work.checkpoints))
+        digests.extend(work.checkpoints[i].digest for i in indices)
     return digests
 
 
@@ -117,11 +183,37 @@ def get_work_keys(parent_status: ChainStatus, block: Block) -> dict[int, bytes]:
     return keys
 
 
-def verify_block_work(block: Block, state: State, params: ChainParams, blobs: BlobStore, workdir: Path) -> VerifyReport:
-    """Recompute the block's Dice and spot-check its training; raises InvalidBlock.
+@dataclass(frozen=True)
+class WorkReport:
+    """What verifying a block's work measured."""
 
-    `state` is the state the block extends. The blobs the block names
-    (`get_blob_digests`) must already be in `blobs`.
+    dice_ppm: int
+    """The recomputed Dice."""
+    segments: tuple[int, ...]
+    """The segments replayed."""
+    distances: tuple[float, ...]
+    """Each replayed segment's relative distance."""
+
+
+def is_norm_declared_right(declared_micro: int, actual: float) -> bool:
+    """True when a declared update norm (millionths) matches the one recomputed from the checkpoints."""
+    actual_micro = actual * 1_000_000
+    return abs(declared_micro - actual_micro) <= NORM_TOLERANCE_MICRO + NORM_TOLERANCE_RELATIVE * actual_micro
+
+
+def verify_block_work(block: Block, state: State, params: ChainParams, blobs: BlobStore, workdir: Path,
+                      device: str = "cpu") -> WorkReport:
+    """Recompute the block's Dice and replay the segments its plan picks; raises InvalidBlock.
+
+    `state` is the state the block extends; the blobs of `get_blob_digests`
+    must already be in `blobs`. In order, cheapest first: the model; every
+    fetched checkpoint on its own (index, link to the committed previous
+    digest, specs, seed, training data, position by the segment rule, so a
+    trajectory longer than the task's max_epochs is refused) and checkpoint
+    0 as the seed's own initial weights; each declared update norm whose two
+    checkpoints are fetched; the sum of the declared norms against the
+    distance from the initial weights to the model (so they cannot all be
+    understated); the Dice within the tolerance; then the replays.
     """
     header, body = block.header, block.body
     if body.work is None or body.commit is None:
@@ -129,24 +221,69 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
     task = get_task_submission(state, params, header.task_id)
     if task is None and not is_standing_task(params, header.task_id):
         raise InvalidBlock("selected task is unknown to the state")
-    keys = get_work_keys(state.get_status(), block)
-    data = get_work_data(task, params, header.prev_hash, header.task_mode, keys, blobs, workdir)
+    data = get_work_data(task, params, header.prev_hash, header.task_mode, get_work_keys(state.get_status(), block), blobs, workdir)
+    plan = compute_work_plan(block, params)
+    seed = compute_training_seed(header.prev_hash, header.miner)
     try:
-        return verify_work(
-            model_spec=data.model,
-            train_spec=data.train,
-            model_digest=body.work.model_digest,
-            checkpoint_digests=body.work.checkpoint_digests,
-            claimed_dice_ppm=body.work.dice_ppm,
-            blob_store=blobs,
-            test_dataset=data.score_set,
-            train_dataset=data.train_set,
-            spot_check_seed=compute_replay_seed(header.prev_hash, header.miner, body.commit.trajectory_root, body.key_reveals),
-            train_seed=compute_training_seed(header.prev_hash, header.miner),
-            dice_tolerance_ppm=params.dice_tolerance_ppm,
-        )
+        model_file = load_model_blob(blobs, body.work, data.model)
+        checkpoints, weights = check_trajectory(blobs, body.work, plan, data, seed, model_file)
+        dice = evaluate(model_file, data.model, data.score_set, device=device)
+        if not is_within_tolerance(body.work.dice_ppm, dice.dice_ppm, params.dice_tolerance_ppm):
+            raise WorkInvalid(f"claimed Dice {body.work.dice_ppm} ppm, measured {dice.dice_ppm} ppm")
+        distances = []
+        for i in plan.segments:
+            distance = replay_checkpoint_segment(checkpoints[i - 1], checkpoints[i], data.train_set, device,
+                                                 weights[i - 1], weights[i])
+            if not distance <= REPLAY_TOLERANCE:
+                raise WorkInvalid(f"replay of segment {i} lands {distance:.4g} away (tolerance {REPLAY_TOLERANCE})")
+            distances.append(distance)
     except WorkInvalid as exc:
         raise InvalidBlock(f"work: {exc.reason}") from None
+    except ValueError as exc:  # a model whose output overflows, data that do not fit the spec
+        raise InvalidBlock(f"work: {exc}") from None
+    return WorkReport(dice.dice_ppm, plan.segments, tuple(distances))
 
 
-__all__ = ["WorkData", "get_blob_digests", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]
+def load_model_blob(blobs: BlobStore, work, spec: ModelSpec) -> bytes:
+    """The claimed model file, hash-checked and parsed; raises WorkInvalid."""
+    if not blobs.has(work.model_digest):
+        raise WorkInvalid(f"model blob {work.model_digest.hex()[:16]} is not available")
+    model_file = blobs.get_bytes(work.model_digest, max_size=MAX_CHECKPOINT_BYTES)
+    if hashlib.sha256(model_file).digest() != work.model_digest or len(model_file) != work.model_size:
+        raise WorkInvalid("model blob does not hash to the claimed model digest or has another size")
+    try:
+        decode_model(model_file, spec)
+    except WeightsError as exc:
+        raise WorkInvalid(str(exc)) from exc
+    return model_file
+
+
+def check_trajectory(blobs: BlobStore, work, plan: WorkPlan, data: WorkData, seed: bytes, model_file: bytes):
+    """Check the fetched checkpoints, their declared norms and the norms' sum; returns (checkpoints, weights) by index."""
+    refs = work.checkpoints
+    last = len(refs) - 1
+    layout = make_layout(data.model, data.train, len(data.train_set))
+    data_digest = compute_dataset_digest(data.train_set)
+    checkpoints, weights = {}, {}
+    world = None
+    for i in plan.checkpoints:
+        ck = load_checkpoint_blob(blobs, refs[i].digest, i)
+        world = ck.world_size if world is None else world
+        prev = refs[i - 1].digest if i > 0 else ZERO_DIGEST
+        weights[i] = check_checkpoint(ck, i, prev, model_spec=data.model, train_spec=data.train, layout=layout,
+                                      is_last=i == last, train_seed=seed, data_digest=data_digest, world_size=world)
+        if i == 0:
+            check_initial_checkpoint(ck, data.model, seed)
+        checkpoints[i] = ck
+        if i - 1 in weights and not is_norm_declared_right(refs[i].update_norm, compute_update_norm(weights[i - 1], weights[i])):
+            raise WorkInvalid(f"checkpoint {i} declares an update norm its weights do not have")
+    if checkpoints[last].model_file != model_file:
+        raise WorkInvalid("the last checkpoint's weights are not the claimed model")
+    initial = weights[0] if 0 in weights else decode_model(encode_model(init_model(data.model, seed), data.model), data.model)
+    declared = sum(r.update_norm for r in refs) / 1_000_000
+    if declared * (1 + NORM_TOLERANCE_RELATIVE) + NORM_TOLERANCE_MICRO / 1e6 * len(refs) < compute_update_norm(initial, weights[last]):
+        raise WorkInvalid("the declared update norms add up to less than the distance from the initial weights to the model")
+    return checkpoints, weights
+
+
+__all__ = ["WorkData", "WorkPlan", "WorkReport", "compute_work_plan", "make_checkpoint_refs", "get_blob_digests", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]

@@ -67,13 +67,14 @@ class BlobFetcher:
                 raise MissingData(f"blob {want.digest.hex()[:16]} is not available from any link ({last})")
 
 
-def get_blob_wants(task: TaskSubmission | None, block: Block) -> list[BlobWant]:
-    """What verifying `block` needs: the task's dataset blobs (from the task's links), the model and checkpoints (from the work's)."""
+def get_blob_wants(task: TaskSubmission | None, block: Block, params: ChainParams) -> list[BlobWant]:
+    """What verifying `block` needs: the task's dataset blobs (from the task's links), the model and the checkpoints
+    of its verification plan (from the work's links)."""
     header, work = block.header, block.body.work
     task_links = {} if task is None else {b.digest: tuple(b.links) for b in (task.train_blob, task.test_blob)}
     work_links = tuple(base.rstrip("/") + "/" for base in work.links)
     wants = []
-    for digest in get_blob_digests(task, header.task_mode, block):
+    for digest in get_blob_digests(task, header.task_mode, block, params):
         links = task_links.get(digest) or tuple(urllib.parse.urljoin(b, f"blob/{digest.hex()}") for b in work_links)
         wants.append(BlobWant(digest, links))
     return wants
@@ -113,7 +114,7 @@ class WorkChecker:
         if not self.is_work_checked(block):
             return
         task = get_task_submission(candidate.parent_state, self.params, block.header.task_id)
-        self.fetcher.fetch_all(get_blob_wants(task, block))
+        self.fetcher.fetch_all(get_blob_wants(task, block, self.params))
         started = time.monotonic()
         try:
             verify_block_work(block, candidate.parent_state, self.params, self.blobs, self.workdir)

@@ -25,7 +25,7 @@ from consensus.assemble import BlockTemplate, complete_block, make_commit
 from consensus.clock import get_phase2_start, get_slot_start
 from consensus.rules import compute_training_seed, get_work_task_id, is_key_for_task, is_standing_work
 from consensus.transition import InvalidBlock
-from consensus.work import WorkData, get_work_data, load_task_split
+from consensus.work import WorkData, get_work_data, load_task_split, make_checkpoint_refs
 from pouw.blobserve import BlobServer
 from pouw.blobstore import BlobError, BlobStore
 from pouw.encoding import decode, encode
@@ -65,6 +65,8 @@ class MinerConfig:
     """Holds the miner's blob store (task data, models, checkpoints) and decrypted datasets."""
     device: str = "cpu"
     """torch device to train on: "cpu" or "cuda:N"."""
+    devices: tuple[str, ...] = ()
+    """Devices to train one model on together (data parallel, pouw.seg.launch); empty: just `device`."""
     threads: int | None = None
     """CPU threads for training (None: all cores)."""
     margin: float | None = None
@@ -300,8 +302,9 @@ class Miner:
         raise Abandon("the task's data is unusable")
 
     def _train(self, info: plan.MiningInfo, data: WorkData, mode: int, round_: "RoundTimes"):
-        """Train until the deadline; the model is stored beside its checkpoints, which the miner serves."""
-        from pouw.seg.train import TrainError, train
+        """Train until the deadline (one model on every configured device); the model is stored beside its checkpoints, which the miner serves."""
+        from pouw.seg.launch import train_on_devices
+        from pouw.seg.train import TrainError
 
         now = time.time()
         if not plan.can_start_training(now, round_.deadline):
@@ -312,15 +315,17 @@ class Miner:
         )
         seed = compute_training_seed(info.prev_hash, self.config.keypair.public_key)
         try:
-            result = train(data.model, data.train, data.train_set, seed, round_.deadline, self.blobs,
-                           device=self.config.device, progress=self.config.progress, num_threads=self._threads())
+            result = train_on_devices(self.config.devices or (self.config.device,), data.model, data.train, data.train_set,
+                                      seed, round_.deadline, self.blobs, progress=self.config.progress,
+                                      num_threads=self._threads())
         except TrainError as exc:
             raise Abandon(f"training failed: {exc}") from None
         self.blobs.put_bytes(result.model_file)
         self.reporter.emit(
             "trained",
-            f"trained {result.epochs} epochs (loss {result.epoch_losses[-1]:.4f}, stopped: {result.stop_reason})",
-            epochs=result.epochs, loss=result.epoch_losses[-1], stop_reason=result.stop_reason,
+            f"trained {result.steps} steps in {len(result.checkpoint_digests) - 1} segments "
+            f"(loss {result.segment_losses[-1]:.4f}, stopped: {result.stop_reason})",
+            steps=result.steps, epochs=result.epochs, loss=result.segment_losses[-1], stop_reason=result.stop_reason,
             model_digest=result.model_digest,
         )
         return result
@@ -330,7 +335,8 @@ class Miner:
         self._sleep_until(get_slot_start(self.params, slot))
         info = self._poll_same(info, round_.phase2)
         work_task = get_work_task_id(self.params, info.current.task_id, mode)
-        commit = make_commit(self.config.keypair, info.height, slot, work_task, result.model_digest)
+        checkpoints = make_checkpoint_refs(result.checkpoint_digests, result.update_norms, self.blobs)
+        commit = make_commit(self.config.keypair, info.height, slot, work_task, result.model_digest, checkpoints)
         try:
             self._call("submitcommit", round_.phase2, hex=encode(commit).hex())
         except RpcError as exc:
@@ -386,7 +392,8 @@ class Miner:
         template = decode(BlockTemplate, bytes.fromhex(self._call("getblocktemplate", round_.slot_end)["hex"]))
         if template.height != info.height or template.prev_hash != info.prev_hash:
             raise Abandon(f"tip moved to height {template.height - 1}")
-        work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (self.link,), dice)
+        checkpoints = make_checkpoint_refs(result.checkpoint_digests, result.update_norms, self.blobs)
+        work = WorkProof(result.model_digest, len(result.model_file), checkpoints, (self.link,), dice)
         nxt = info.next.task if info.next is not None else None
         next_key = info.next_train_key if nxt is not None and is_key_for_task(nxt, KEY_TRAIN, info.next_train_key) else None
         block = complete_block(

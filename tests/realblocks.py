@@ -16,7 +16,7 @@ from consensus.assemble import complete_block, make_block_template, make_commit
 from consensus.clock import get_phase2_start
 from consensus.rules import compute_training_seed, get_scheduled_task_id, is_standing_task
 from consensus.state import State
-from consensus.work import get_work_data
+from consensus.work import get_work_data, make_checkpoint_refs
 from pouw.blobstore import BlobStore
 from pouw.keys import KeyPair
 from pouw.seg.dice import evaluate
@@ -50,8 +50,9 @@ def mine_standing_block(
     result = train(data.model, data.train, data.train_set, seed, time.time() + seconds, blobs, progress=False, num_threads=1)
     blobs.put_bytes(result.model_file)
     dice = evaluate(result.model_file, data.model, data.score_set).dice_ppm
-    commit = make_commit(keypair, status.height + 1, slot, get_scheduled_task_id(status), result.model_digest)
-    work = WorkProof(result.model_digest, len(result.model_file), result.checkpoint_digests, (link,), dice)
+    checkpoints = make_checkpoint_refs(result.checkpoint_digests, result.update_norms, blobs)
+    commit = make_commit(keypair, status.height + 1, slot, get_scheduled_task_id(status), result.model_digest, checkpoints)
+    work = WorkProof(result.model_digest, len(result.model_file), checkpoints, (link,), dice)
     template = make_block_template(state, params, tuple(transactions))
     timestamp = get_phase2_start(params, slot) + 1
     reveals = () if next_train_key is None else (KeyReveal(status.scheduled[1].task_id, KEY_TRAIN, next_train_key),)

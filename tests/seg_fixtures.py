@@ -22,16 +22,17 @@ def small_train_spec(epochs: int = 3, batch: int = 4, lr: float = 1e-2, optimize
 
 
 def small_data(spec: ModelSpec, n_train: int = 8, n_test: int = 4):
+    """Synthetic training and test sets of the spec's patch size."""
     return synthetic_dataset(b"train" + SEED, n_train, spec), synthetic_dataset(b"test" + SEED, n_test, spec)
 
 
 def run_small_training(tmp_path: Path, spec: ModelSpec | None = None, tspec: TrainSpec | None = None,
-                       seed: bytes = SEED, budget: float = 120.0):
+                       seed: bytes = SEED, budget: float = 120.0, precision: str = "auto"):
     from pouw.seg.train import train
 
     spec = spec or small_spec()
     tspec = tspec or small_train_spec()
     train_ds, test_ds = small_data(spec)
     store = BlobStore(tmp_path / "store")
-    result = train(spec, tspec, train_ds, seed, time.time() + budget, store, progress=False)
+    result = train(spec, tspec, train_ds, seed, time.time() + budget, store, progress=False, precision=precision)
     return spec, tspec, train_ds, test_ds, store, result

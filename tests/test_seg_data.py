@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import nibabel as nib
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 from pouw.seg.data import (
-    DataError, compute_cropped, compute_dataset_digest, compute_normalised, load_dataset, synthetic_dataset,
-    validate_dataset_dir, write_dataset_dir, write_synthetic_dataset_dir,
+    CACHE_DIR_NAME, DataError, SegDataset, VolumeDataset, compute_cropped, compute_dataset_digest, compute_normalised,
+    load_dataset, synthetic_dataset, validate_dataset_dir, write_dataset_dir, write_synthetic_dataset_dir,
 )
 from pouw.seg.spec import ModelSpec
 
@@ -49,7 +50,7 @@ def test_3d_nifti_resize_and_crop(tmp_path):
     for mode in ("resize", "crop"):
         spec = ModelSpec("unet3d", 1, 2, 4, (16, 16, 32), preprocess=mode)
         ds = load_dataset(d, "train", spec)
-        assert ds.images.shape == (2, 1, 16, 16, 32) and ds.labels.dtype == torch.int64
+        assert ds.images.shape == (2, 1, 16, 16, 32) and ds.labels.dtype == torch.uint8
 
 
 def test_crop_pads_with_background():
@@ -185,3 +186,67 @@ def test_png_palette_labels_and_rgb(tmp_path):
     d = write_dataset_dir(tmp_path / "rgb", cases, cases[:1], ["bg", "a", "b"], ["r", "g", "b"], suffix=".png")
     ds = load_dataset(d, "train", spec)
     assert ds.images.shape == (2, 3, 32, 32) and ds.labels.max() <= 2
+
+
+def test_loaded_data_is_cached_on_disk_and_mapped(tmp_path):
+    """A split is preprocessed once into .npy files and memory-mapped; labels are uint8, not int64."""
+    spec = small_spec()
+    d = write_synthetic_dataset_dir(tmp_path / "ds", SEED, 3, 2, spec, suffix=".nii.gz")
+    a = load_dataset(d, "train", spec)
+    [folder] = (d / CACHE_DIR_NAME).iterdir()
+    assert a.source == folder and a.labels.dtype == torch.uint8 and a.labels.element_size() == 1
+    assert isinstance(np.load(folder / "images.npy", mmap_mode="r"), np.memmap)
+    stamp = (folder / "images.npy").stat().st_mtime_ns
+    b = load_dataset(d, "train", spec)  # reopened, not rebuilt
+    assert (folder / "images.npy").stat().st_mtime_ns == stamp
+    assert torch.equal(a.images, b.images) and compute_dataset_digest(a) == compute_dataset_digest(b)
+    # Pickling (how data reaches other training processes) names the cache instead of copying the arrays.
+    assert len(pickle.dumps(a)) < 1000 and torch.equal(pickle.loads(pickle.dumps(a)).images, a.images)
+    # A changed source file makes a new cache; the digest follows the data.
+    _save(d / "imagesTr" / "train_000.nii.gz", np.ones((32, 32), np.float32))
+    c = load_dataset(d, "train", spec)
+    assert c.source != folder and compute_dataset_digest(c) != compute_dataset_digest(a)
+
+
+def test_damaged_cache_is_rebuilt(tmp_path):
+    spec = small_spec()
+    d = write_synthetic_dataset_dir(tmp_path / "ds", SEED, 2, 1, spec, suffix=".nii.gz")
+    a = load_dataset(d, "train", spec)
+    digest, folder = compute_dataset_digest(a), a.source
+    del a  # (never rewrite a mapped file in place: the cache only ever replaces whole folders)
+    (folder / "images.npy").unlink()
+    (folder / "images.npy").write_bytes(b"not numpy")
+    b = load_dataset(d, "train", spec)
+    assert compute_dataset_digest(b) == digest
+
+
+def test_patch_task_keeps_whole_volumes(tmp_path):
+    """preprocess="patch": volumes of any size stay whole (padded up to the patch), with their foreground."""
+    rng = np.random.default_rng(3)
+    shapes = [(20, 24, 28), (36, 12, 16)]
+    cases = []
+    for i, shape in enumerate(shapes):
+        lab = np.zeros(shape, np.uint8)
+        lab[4:9, 3:8, 2:6] = 1
+        cases.append((f"v{i}", rng.normal(size=(1, *shape)).astype(np.float32), lab))
+    d = write_dataset_dir(tmp_path / "vol", cases, cases[:1], ["bg", "organ"], suffix=".nii.gz")
+    spec = ModelSpec("unet3d", 1, 2, 4, (16, 16, 16), preprocess="patch")
+    ds = load_dataset(d, "train", spec)
+    assert isinstance(ds, VolumeDataset) and len(ds) == 2
+    assert ds.get_shape(0) == (20, 24, 28) and ds.get_shape(1) == (36, 16, 16)  # second padded to the patch
+    image, label = ds.get_case(1)
+    assert image.dtype == torch.float32 and label.dtype == torch.uint8 and label.shape == (1, 36, 16, 16)
+    assert int(label.sum()) == 5 * 5 * 4 and len(ds.foreground[1]) == 5 * 5 * 4
+    assert isinstance(ds.images[0], np.memmap)
+    again = pickle.loads(pickle.dumps(ds))
+    assert compute_dataset_digest(again) == compute_dataset_digest(ds)
+
+
+def test_dataset_checks_labels_and_converts_them():
+    images = torch.zeros(2, 1, 8, 8)
+    ds = SegDataset(images, torch.ones(2, 1, 8, 8, dtype=torch.int64), ("a", "b"), 2)
+    assert ds.labels.dtype == torch.uint8
+    with pytest.raises(DataError, match="labels outside"):
+        SegDataset(images, torch.full((2, 1, 8, 8), 2, dtype=torch.int64), ("a", "b"), 2)
+    with pytest.raises(DataError, match="integer"):
+        SegDataset(images, torch.zeros(2, 1, 8, 8), ("a", "b"), 2)

@@ -32,7 +32,10 @@ def miner() -> None:
                    "(default ~/.pouw/miner).")
 @key_options
 @seed_option
-@click.option("--device", default="cpu", show_default=True, help="Where to train: cpu or cuda:N.")
+@click.option("--device", default=None, help="Where to train, one device: cpu or cuda:N (default cpu).")
+@click.option("--devices", default=None,
+              help="Train one model on several devices together (data parallel): cuda:0,cuda:1,... or all "
+                   "(every GPU); cpu,cpu,... runs that many CPU processes.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for training (default: all cores).")
 @click.option("--margin", type=click.FloatRange(0.0, 600.0), default=None,
@@ -44,16 +47,10 @@ def miner() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the training progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def start(node_url: str, datadir: Path, workdir: Path | None, key_file: Path, passphrase_file: Path | None,
-          key_seed: str | None, device: str, threads: int | None, margin: float | None, blob_host: str,
-          blob_port: int, public_url: str | None, once: bool, no_progress: bool, as_json: bool) -> None:
+          key_seed: str | None, device: str | None, devices: str | None, threads: int | None, margin: float | None,
+          blob_host: str, blob_port: int, public_url: str | None, once: bool, no_progress: bool, as_json: bool) -> None:
     """Follow the node's phases: train in Phase 1, commit, evaluate and claim in Phase 2."""
-    if not (device == "cpu" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise click.BadParameter("must be cpu or cuda:N", param_hint="--device")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available() or int(device[5:]) >= torch.cuda.device_count():
-            raise click.ClickException(f"device {device} is not available on this machine")
+    chosen = get_devices(device, devices)
     keypair = load_keypair(key_file, passphrase_file, key_seed)
 
     from miner.events import Reporter
@@ -61,7 +58,8 @@ def start(node_url: str, datadir: Path, workdir: Path | None, key_file: Path, pa
     from miner.node import NodeLink
 
     config = MinerConfig(
-        keypair=keypair, workdir=workdir or get_pouw_home() / "miner", device=device, threads=threads or os.cpu_count(),
+        keypair=keypair, workdir=workdir or get_pouw_home() / "miner", device=chosen[0], devices=chosen,
+        threads=threads or os.cpu_count(),
         margin=margin, progress=not (no_progress or as_json), blob_host=blob_host, blob_port=blob_port,
         public_url=public_url,
     )
@@ -73,3 +71,21 @@ def start(node_url: str, datadir: Path, workdir: Path | None, key_file: Path, pa
         reporter.emit("stop", "stopped")
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def get_devices(device: str | None, devices: str | None) -> tuple[str, ...]:
+    """The devices of --device / --devices, checked against this machine (one of the two options at most)."""
+    from pouw.seg.launch import parse_devices
+
+    if device is not None and devices is not None:
+        raise click.UsageError("give --device or --devices, not both")
+    option, text = ("--devices", devices) if devices is not None else ("--device", device or "cpu")
+    try:
+        chosen = parse_devices(text)
+    except ValueError as exc:
+        if "not available" in str(exc) or "no CUDA" in str(exc):
+            raise click.ClickException(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
+    if option == "--device" and len(chosen) != 1:
+        raise click.BadParameter("one device (cpu or cuda:N); use --devices for several", param_hint=option)
+    return chosen

@@ -52,7 +52,7 @@ def parse_patch(text: str) -> tuple[int, ...]:
 @click.option("--model", "architecture", type=click.Choice(["unet2d", "unet3d", "fcn"]), required=True)
 @click.option("--base-filters", type=click.IntRange(1, 512), default=16, show_default=True)
 @click.option("--patch-size", default=None, help="Input size, e.g. 64,64 or 64,64,32 (default 64,64; 64,64,32 for unet3d).")
-@click.option("--preprocess", type=click.Choice(["resize", "crop"]), default="resize", show_default=True)
+@click.option("--preprocess", type=click.Choice(["resize", "crop", "patch"]), default="resize", show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=1000, show_default=True,

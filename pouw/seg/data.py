@@ -1,4 +1,4 @@
-"""Segmentation datasets: loading, validation, preprocessing, synthetic data.
+"""Segmentation datasets: loading, validation, preprocessing, on-disk cache, synthetic data.
 
 Accepted layout (Medical Segmentation Decathlon / nnU-Net)::
 
@@ -14,18 +14,27 @@ classes ("labels": MSD {"0": "background", ...} or nnU-Net v2 {"background": 0,
 explicit case lists ("training" / "test" with "image" and "label" paths).
 
 Every problem is a DataError naming the file. After loading, each image is
-brought to the model's patch size (resize or centre crop/pad) and each channel
-is z-score normalised, so the result stacks into fixed-shape tensors.
+brought to the model's patch size (``resize``, centre ``crop``/pad) or, with
+``preprocess="patch"``, kept whole (padded up to the patch size where
+smaller) for patch sampling; each channel is z-score normalised.
+
+Preprocessed cases go to an on-disk cache (``.npy`` files, images float32,
+labels uint8) that is memory-mapped, so a dataset never has to fit in RAM:
+``SegDataset`` (fixed-shape, one stacked array) for resize/crop,
+``VolumeDataset`` (one array per case) for patch tasks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,55 +45,161 @@ from pouw.seg.spec import ModelSpec
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
 SPLIT_DIRS = {"train": ("imagesTr", "labelsTr", "training"), "test": ("imagesTs", "labelsTs", "test")}
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+CACHE_DIR_NAME = ".pouw-cache"
+"""Folder inside a dataset folder that holds its preprocessed, memory-mapped cases."""
+CACHE_VERSION = 1
+MAX_VOLUME_VOXELS = 1 << 28
+"""Largest whole volume a patch task may hold (e.g. 512 x 512 x 1024): bounds a verifier's inference memory."""
 
 
 class DataError(ValueError):
     """A dataset that cannot be used; the message names the file."""
 
 
+def _check_labels(labels: np.ndarray | torch.Tensor, num_classes: int, where: str) -> None:
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{where}: labels outside 0..{num_classes - 1}")
+
+
 @dataclass(frozen=True, eq=False)
 class SegDataset:
-    """Preprocessed images and label maps, all of the model's patch size."""
+    """Preprocessed images and label maps, all of the model's patch size (resize and crop tasks)."""
 
     images: torch.Tensor
-    """float32 (N, C, *patch), z-score normalised per image and channel."""
+    """float32 (N, C, *patch), z-score normalised per image and channel (may be memory-mapped)."""
     labels: torch.Tensor
-    """int64 (N, 1, *patch), values in 0..num_classes-1."""
+    """uint8 (N, 1, *patch), values in 0..num_classes-1 (other integer types are converted)."""
     names: tuple[str, ...]
     """Case names, in order."""
     num_classes: int
     """Classes including background."""
+    source: Path | None = None
+    """Cache folder the arrays are mapped from (None: in memory); pickling reopens it instead of copying."""
 
     def __post_init__(self) -> None:
         n = len(self.names)
         if n == 0:
             raise DataError("dataset has no cases")
-        if self.images.dtype != torch.float32 or self.labels.dtype != torch.int64:
-            raise DataError("dataset tensors must be float32 images and int64 labels")
+        if self.images.dtype != torch.float32:
+            raise DataError("dataset images must be float32")
+        if self.labels.dtype.is_floating_point or self.labels.dtype == torch.bool or self.labels.is_complex():
+            raise DataError("dataset labels must be an integer type")
         if self.images.shape[0] != n or self.labels.shape[0] != n:
             raise DataError("dataset images, labels and names differ in count")
         if self.images.shape[2:] != self.labels.shape[2:] or self.labels.shape[1] != 1:
             raise DataError(f"image shape {tuple(self.images.shape)} does not match labels {tuple(self.labels.shape)}")
-        if not torch.isfinite(self.images).all():
-            raise DataError("dataset images contain NaN or infinite values")
-        if self.labels.min() < 0 or self.labels.max() >= self.num_classes:
-            raise DataError(f"dataset labels outside 0..{self.num_classes - 1}")
+        for i in range(n):  # case by case: a mapped dataset is never read whole into memory
+            if not torch.isfinite(self.images[i]).all():
+                raise DataError(f"dataset image {self.names[i]} contains NaN or infinite values")
+            _check_labels(self.labels[i], self.num_classes, f"dataset case {self.names[i]}")
+        if self.labels.dtype != torch.uint8:
+            object.__setattr__(self, "labels", self.labels.to(torch.uint8))
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def __reduce__(self):
+        if self.source is not None:
+            return (open_cached_dataset, (self.source,))
+        return (SegDataset, (self.images, self.labels, self.names, self.num_classes))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def get_shape(self, i: int) -> tuple[int, ...]:
+        """Spatial shape of case i."""
+        return tuple(self.images.shape[2:])
+
+    def get_case(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image (C, *spatial) float32 and label map (1, *spatial) uint8 of case i."""
+        return self.images[i], self.labels[i]
 
     def subset(self, indices: Sequence[int]) -> "SegDataset":
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return SegDataset(self.images[idx], self.labels[idx], tuple(self.names[i] for i in idx.tolist()), self.num_classes)
 
 
-def compute_dataset_digest(ds: SegDataset) -> bytes:
-    """SHA-256 over names, shapes and tensor bytes; binds checkpoints to the data trained on."""
-    h = hashlib.sha256(b"pouw/dataset/v1\x00")
-    h.update(json.dumps([list(ds.names), list(ds.images.shape), ds.num_classes]).encode())
-    h.update(ds.images.contiguous().numpy().tobytes())
-    h.update(ds.labels.contiguous().numpy().tobytes())
-    return h.digest()
+@dataclass(frozen=True, eq=False)
+class VolumeDataset:
+    """Whole preprocessed volumes of any size (patch tasks); training samples patches from them."""
+
+    images: tuple[np.ndarray, ...]
+    """Per case float32 (C, *spatial), z-score normalised, each side at least the patch (may be memory-mapped)."""
+    labels: tuple[np.ndarray, ...]
+    """Per case uint8 (*spatial)."""
+    foreground: tuple[np.ndarray, ...]
+    """Per case int64 flat indices of the voxels with a label > 0 (for foreground-centred patches)."""
+    names: tuple[str, ...]
+    """Case names, in order."""
+    num_classes: int
+    """Classes including background."""
+    source: Path | None = None
+    """Cache folder the arrays are mapped from (None: in memory); pickling reopens it instead of copying."""
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if n == 0:
+            raise DataError("dataset has no cases")
+        if not len(self.images) == len(self.labels) == len(self.foreground) == n:
+            raise DataError("dataset images, labels and names differ in count")
+        chans = {int(im.shape[0]) for im in self.images}
+        if len(chans) != 1:
+            raise DataError("dataset cases differ in channel count")
+        for name, im, lab in zip(self.names, self.images, self.labels):
+            if im.dtype != np.float32 or lab.dtype != np.uint8 or tuple(im.shape[1:]) != tuple(lab.shape):
+                raise DataError(f"dataset case {name}: need float32 (C, *spatial) and uint8 (*spatial) of one shape")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __reduce__(self):
+        if self.source is not None:
+            return (open_cached_dataset, (self.source,))
+        return (VolumeDataset, (self.images, self.labels, self.foreground, self.names, self.num_classes))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images[0].shape[0])
+
+    def get_shape(self, i: int) -> tuple[int, ...]:
+        return tuple(self.labels[i].shape)
+
+    def get_case(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image (C, *spatial) float32 and label map (1, *spatial) uint8 of case i (read from the cache now)."""
+        return torch.from_numpy(np.array(self.images[i])), torch.from_numpy(np.array(self.labels[i]))[None]
+
+    def subset(self, indices: Sequence[int]) -> "VolumeDataset":
+        idx = list(indices)
+        return VolumeDataset(tuple(self.images[i] for i in idx), tuple(self.labels[i] for i in idx),
+                             tuple(self.foreground[i] for i in idx), tuple(self.names[i] for i in idx),
+                             self.num_classes)
+
+
+Dataset = Union[SegDataset, VolumeDataset]
+"""Either dataset kind; training, Dice and verification take both."""
+
+
+def compute_dataset_digest(ds: Dataset) -> bytes:
+    """SHA-256 over names, classes, and each case's shape, image and label bytes; binds checkpoints to the data.
+
+    Streams case by case (a mapped dataset is not read into memory at once)
+    and is remembered on the dataset object, which is immutable.
+    """
+    memo = ds.__dict__.get("_digest_memo")
+    if memo is not None:
+        return memo
+    h = hashlib.sha256(b"pouw/dataset/v2\x00")
+    h.update(json.dumps([list(ds.names), ds.num_classes, ds.in_channels]).encode())
+    for i in range(len(ds)):
+        image, label = ds.get_case(i)
+        h.update(json.dumps(list(image.shape)).encode())
+        h.update(memoryview(np.ascontiguousarray(image.numpy(), dtype="<f4")).cast("B"))
+        h.update(memoryview(np.ascontiguousarray(label.numpy(), dtype=np.uint8)).cast("B"))
+    digest = h.digest()
+    object.__setattr__(ds, "_digest_memo", digest)
+    return digest
 
 
 # -- reading files -----------------------------------------------------------
@@ -159,7 +274,7 @@ def to_channel_first(arr: np.ndarray, spatial_dims: int, channels: int, path: Pa
 
 
 def to_label_map(arr: np.ndarray, spatial_dims: int, num_classes: int, path: Path) -> np.ndarray:
-    """Check a label array and return it as int64 (*spatial)."""
+    """Check a label array and return it as uint8 (*spatial) (at most 64 classes, see spec.MAX_CLASSES)."""
     a = arr
     while a.ndim > spatial_dims and a.shape[-1] == 1:
         a = a[..., 0]
@@ -175,7 +290,7 @@ def to_label_map(arr: np.ndarray, spatial_dims: int, num_classes: int, path: Pat
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:8].tolist())
         raise DataError(f"{path}: label values {shown} are outside the declared classes 0..{num_classes - 1}")
-    return a.astype(np.int64)
+    return a.astype(np.uint8)
 
 
 # -- dataset.json and case lists --------------------------------------------
@@ -351,7 +466,7 @@ def compute_resized(image: np.ndarray, label: np.ndarray, patch: tuple[int, ...]
     mode = "bilinear" if len(patch) == 2 else "trilinear"
     img = F.interpolate(torch.from_numpy(image.astype(np.float32))[None], size=patch, mode=mode, align_corners=False)
     lab = F.interpolate(torch.from_numpy(label.astype(np.float32))[None, None], size=patch, mode="nearest-exact")
-    return img[0].numpy(), lab[0, 0].numpy().round().astype(np.int64)
+    return img[0].numpy(), lab[0, 0].numpy().round().astype(np.uint8)
 
 
 def compute_cropped(image: np.ndarray, label: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -379,14 +494,26 @@ def compute_cropped(image: np.ndarray, label: np.ndarray, patch: tuple[int, ...]
     return img, lab
 
 
+def compute_padded(image: np.ndarray, label: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Centre pad (image with its minimum, label with background) each side shorter than `patch`; never crop."""
+    target = tuple(max(size, want) for size, want in zip(image.shape[1:], patch))
+    return compute_cropped(image, label, target)
+
+
 def preprocess_case(image: np.ndarray, label: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(C, *spatial) image + label map -> normalised float32 image and int64 label of patch size."""
+    """(C, *spatial) image + label map -> normalised float32 image and uint8 label.
+
+    resize/crop: brought to the patch size; patch: kept whole, padded up to
+    the patch size where smaller.
+    """
     patch = tuple(spec.patch_size)
     if spec.preprocess == "crop":
         img, lab = compute_cropped(image, label, patch)
+    elif spec.preprocess == "patch":
+        img, lab = compute_padded(image, label, patch)
     else:
         img, lab = compute_resized(image, label, patch)
-    return compute_normalised(img), lab.astype(np.int64)
+    return compute_normalised(img), lab.astype(np.uint8)
 
 
 def load_case(case: Case, info: DatasetInfo, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -418,22 +545,126 @@ def check_info_matches(info: DatasetInfo, spec: ModelSpec) -> None:
         raise DataError(f"{path}: declares {len(info.channel_names)} channel(s), the task model has {spec.in_channels}")
 
 
-def load_dataset(dataset_dir: Path | str, split: str, spec: ModelSpec) -> SegDataset:
-    """Load, validate and preprocess one split ("train" or "test") of a dataset folder."""
+def load_dataset(dataset_dir: Path | str, split: str, spec: ModelSpec, cache_dir: Path | str | None = None) -> Dataset:
+    """Load, validate and preprocess one split ("train" or "test") of a dataset folder.
+
+    The preprocessed cases are written once to a cache folder and
+    memory-mapped from there (default ``DATASET/.pouw-cache/<split>-<key>``,
+    the key binding the spec and every source file's name, size and mtime);
+    when the folder cannot be written the cases stay in memory. Returns a
+    SegDataset for resize/crop tasks and a VolumeDataset for patch tasks.
+    """
     info = read_dataset_info(dataset_dir)
     check_info_matches(info, spec)
     cases = list_cases(info, split)
-    images, labels = [], []
+    root = Path(cache_dir) if cache_dir is not None else info.root / CACHE_DIR_NAME
+    folder = root / f"{split}-{compute_cache_key(info, split, spec, cases)[:24]}"
+    if (folder / "meta.json").is_file():
+        try:
+            return open_cached_dataset(folder)
+        except (DataError, OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)  # a damaged cache is rebuilt from the source files
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=root))
+    except OSError:
+        return _load_in_memory(cases, info, spec)
+    try:
+        _write_cache(tmp, cases, info, spec)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process cached it first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_cached_dataset(folder)
+
+
+def compute_cache_key(info: DatasetInfo, split: str, spec: ModelSpec, cases: Sequence[Case]) -> str:
+    """Hex key of a split's cache: the spec, the cache format and each source file's name, size and mtime."""
+    from pouw.encoding import encode
+
+    h = hashlib.sha256(b"pouw/data-cache/v%d\x00" % CACHE_VERSION + encode(spec) + split.encode())
     for case in cases:
-        img, lab = load_case(case, info, spec)
-        images.append(img)
-        labels.append(lab[None])
-    return SegDataset(
-        torch.from_numpy(np.stack(images)),
-        torch.from_numpy(np.stack(labels)),
-        tuple(c.name for c in cases),
-        spec.num_classes,
+        for path in (*case.image_paths, case.label_path):
+            st = path.stat()
+            h.update(json.dumps([case.name, str(path.relative_to(info.root)), st.st_size, st.st_mtime_ns]).encode())
+    return h.hexdigest()
+
+
+def _load_in_memory(cases: Sequence[Case], info: DatasetInfo, spec: ModelSpec) -> Dataset:
+    loaded = [load_case(c, info, spec) for c in cases]
+    names = tuple(c.name for c in cases)
+    if spec.preprocess == "patch":
+        return make_volume_dataset([img for img, _ in loaded], [lab for _, lab in loaded], names, spec.num_classes)
+    return SegDataset(torch.from_numpy(np.stack([img for img, _ in loaded])),
+                      torch.from_numpy(np.stack([lab[None] for _, lab in loaded])), names, spec.num_classes)
+
+
+def _write_cache(folder: Path, cases: Sequence[Case], info: DatasetInfo, spec: ModelSpec) -> None:
+    """Preprocess case by case into `folder` (never more than one case in memory)."""
+    names = [c.name for c in cases]
+    meta = {"version": CACHE_VERSION, "kind": "volumes" if spec.preprocess == "patch" else "stack",
+            "names": names, "num_classes": spec.num_classes}
+    if meta["kind"] == "stack":
+        n, patch = len(cases), tuple(spec.patch_size)
+        images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.float32, (n, spec.in_channels, *patch))
+        labels = np.lib.format.open_memmap(folder / "labels.npy", "w+", np.uint8, (n, 1, *patch))
+        for i, case in enumerate(cases):
+            images[i], labels[i, 0] = load_case(case, info, spec)
+        images.flush()
+        labels.flush()
+        del images, labels
+    else:
+        for i, case in enumerate(cases):
+            image, label = load_case(case, info, spec)
+            if label.size > MAX_VOLUME_VOXELS:
+                raise DataError(f"{case.label_path}: {label.size} voxels, more than the {MAX_VOLUME_VOXELS} a case may have")
+            np.save(folder / f"{i:06d}-image.npy", image)
+            np.save(folder / f"{i:06d}-label.npy", label)
+            np.save(folder / f"{i:06d}-fg.npy", compute_foreground(label))
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def open_cached_dataset(folder: Path | str) -> Dataset:
+    """Memory-map a cache folder written by load_dataset (copy-on-write: nothing is written back)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("version") != CACHE_VERSION:
+        raise DataError(f"{folder}: cache of another version")
+    names, k = tuple(meta["names"]), int(meta["num_classes"])
+    if meta["kind"] == "stack":
+        images = np.load(folder / "images.npy", mmap_mode="c")
+        labels = np.load(folder / "labels.npy", mmap_mode="c")
+        return SegDataset(torch.from_numpy(images), torch.from_numpy(labels), names, k, source=folder)
+    n = len(names)
+    return VolumeDataset(
+        tuple(np.load(folder / f"{i:06d}-image.npy", mmap_mode="r") for i in range(n)),
+        tuple(np.load(folder / f"{i:06d}-label.npy", mmap_mode="r") for i in range(n)),
+        tuple(np.load(folder / f"{i:06d}-fg.npy", mmap_mode="r") for i in range(n)),
+        names, k, source=folder,
     )
+
+
+def compute_foreground(label: np.ndarray) -> np.ndarray:
+    """Flat int64 indices of the voxels labelled > 0."""
+    return np.flatnonzero(np.asarray(label).reshape(-1)).astype(np.int64)
+
+
+def make_volume_dataset(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], names: Sequence[str],
+                        num_classes: int) -> VolumeDataset:
+    """An in-memory VolumeDataset from preprocessed cases (checks labels, finds the foreground)."""
+    ims = tuple(np.ascontiguousarray(im, dtype=np.float32) for im in images)
+    labs = []
+    for name, im, lab in zip(names, ims, labels):
+        if not np.isfinite(im).all():
+            raise DataError(f"dataset image {name} contains NaN or infinite values")
+        _check_labels(np.asarray(lab), num_classes, f"dataset case {name}")
+        labs.append(np.ascontiguousarray(lab, dtype=np.uint8))
+    return VolumeDataset(ims, tuple(labs), tuple(compute_foreground(lab) for lab in labs), tuple(names), num_classes)
 
 
 def validate_dataset_dir(dataset_dir: Path | str, spatial_dims: int | None = None) -> DatasetInfo:

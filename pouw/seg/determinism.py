@@ -53,14 +53,24 @@ def check_seed(seed: bytes) -> bytes:
 @contextlib.contextmanager
 def deterministic_mode(num_threads: int | None = DETERMINISTIC_THREADS, device: str = "cpu",
                        algorithms: bool = True) -> Iterator[None]:
-    """Deterministic algorithms (unless `algorithms` is False) and optionally a fixed thread count."""
+    """Deterministic algorithms (unless `algorithms` is False) and optionally a fixed thread count.
+
+    On CUDA it also turns TF32 off (fp32 matmuls and convolutions keep their
+    23-bit mantissa, so fp32 work stays replayable on a CPU) and cuDNN's
+    benchmark mode off (it picks algorithms by timing).
+    """
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_threads = torch.get_num_threads()
     cuda = str(device).startswith("cuda")
+    prev_cuda = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     if cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
     # Some CUDA kernels (3D interpolation backward) have no deterministic form: warn, not fail.
+    # The switch is only touched when asked for: its first use imports torch's compiler stack (seconds).
     if algorithms:
         torch.use_deterministic_algorithms(True, warn_only=cuda)
     if num_threads:
@@ -68,6 +78,10 @@ def deterministic_mode(num_threads: int | None = DETERMINISTIC_THREADS, device: 
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        if algorithms:
+            torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        if cuda:
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark) = prev_cuda
         if num_threads:
             torch.set_num_threads(prev_threads)

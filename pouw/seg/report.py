@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pouw.blobstore import BlobStore
 from pouw.seg.data import SegDataset
-from pouw.seg.dice import evaluate, predict
+from pouw.seg.dice import evaluate, predict_case
 from pouw.seg.spec import ModelSpec
 from pouw.seg.weights import decode_checkpoint, load_model
 
@@ -120,13 +120,13 @@ def write_prediction_overlays(out_dir: Path | str, model_file: bytes, spec: Mode
     """Overlay PNGs for the first `limit` test images, titled with their Dice."""
     model = load_model(model_file, spec)
     sub = dataset.subset(range(min(limit, len(dataset))))
-    pred = predict(model, sub)
     dice = evaluate(model, spec, sub)
     paths = []
     for i, name in enumerate(sub.names):
-        paths.append(write_overlay_png(Path(out_dir) / f"{name}_overlay.png", sub.images[i, 0].numpy(),
-                                       sub.labels[i, 0].numpy(), pred[i, 0].numpy(), title=name,
-                                       dice=dice.per_image[i] / 1e6))
+        image, label = sub.get_case(i)  # whole volumes too (patch tasks)
+        pred = predict_case(model, image, tuple(spec.patch_size))
+        paths.append(write_overlay_png(Path(out_dir) / f"{name}_overlay.png", image[0].numpy(),
+                                       label[0].numpy(), pred[0].numpy(), title=name, dice=dice.per_image[i] / 1e6))
     return paths
 
 

@@ -16,7 +16,7 @@ from pouw.encoding import MaxLen
 ARCHITECTURES = ("unet2d", "unet3d", "fcn")
 LOSSES = ("dice", "dicece")
 OPTIMIZERS = ("adam", "sgd")
-PREPROCESS = ("resize", "crop")
+PREPROCESS = ("resize", "crop", "patch")
 
 # Limits keep a task runnable and a verifier's work bounded.
 MAX_CHANNELS = 16
@@ -56,7 +56,8 @@ class ModelSpec:
     patch_size: tuple[int, ...]
     """Spatial size every image is brought to: (H, W) or (H, W, D)."""
     preprocess: Annotated[str, MaxLen(16)] = "resize"
-    """How images reach patch_size: "resize" (interpolate) or "crop" (centre crop/pad)."""
+    """How images reach patch_size: "resize" (interpolate), "crop" (centre crop/pad), or "patch" (kept whole:
+    training samples patch_size patches, Dice uses sliding windows over the whole image)."""
 
     def __post_init__(self) -> None:
         self.validate()

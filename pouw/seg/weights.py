@@ -12,15 +12,21 @@ weights always give the same bytes. Loading checks the spec, then that the
 tensors are exactly the state dict of that architecture (names, shapes,
 dtypes) and finite.
 
-Checkpoint file (one per epoch, epoch 0 = initial weights)::
+Checkpoint file (one per segment, checkpoint 0 = initial weights)::
 
-    ["pouw-ckpt", 1, epoch, prev_digest, seed, encode(ModelSpec), encode(TrainSpec),
-     data_digest, world_size, mean_loss, model_file_bytes, optimizer_state]
+    ["pouw-ckpt", 2, index, position, prev_digest, seed, encode(ModelSpec), encode(TrainSpec),
+     data_digest, world_size, precision, mean_loss, model_file_bytes, optimizer_state]
 
-``prev_digest`` is the SHA-256 of the previous checkpoint file (32 zero bytes
-for epoch 0), so the digests form a hash chain. ``optimizer_state`` is
+``position`` is the number of optimizer steps trained before the checkpoint
+(pouw.seg.trajectory says where each may lie); ``precision`` how the miner
+computed ("fp32" or "bf16", replays always run fp32). ``prev_digest`` is the
+SHA-256 of the previous checkpoint file (32 zero bytes for checkpoint 0), so
+the digests form a hash chain. ``optimizer_state`` is
 ``[[param_index, [[key, value], ...]], ...]`` sorted, values tensors
 ``["t", dtype, shape, raw]``, ``["f", x]``, ``["i", n]`` or ``["n"]``.
+
+A checkpoint is one self-contained blob: what a replay of the next segment
+needs (weights, optimizer state, seed, position) plus the links of the chain.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ from pouw.seg.spec import ModelSpec, SpecError, TrainSpec
 MODEL_MAGIC = "pouw-model"
 CKPT_MAGIC = "pouw-ckpt"
 FORMAT_VERSION = 1
+"""Version of the model file format."""
+CKPT_VERSION = 2
+"""Version of the checkpoint format (2: segments, positions and precision)."""
+PRECISIONS = ("fp32", "bf16")
+"""How a miner may compute: fp32, or bf16 autocast (weights and optimizer stay fp32)."""
 MAX_MODEL_FILE = 16 << 30
 ZERO_DIGEST = bytes(32)
 
@@ -191,18 +202,32 @@ def load_model(source: bytes | Path | str, spec: ModelSpec) -> nn.Module:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a replay of the next epoch needs, plus the links of the hash chain."""
+    """What a replay of the next segment needs, plus the links of the hash chain."""
 
-    epoch: int
+    index: int
+    """Place in the run: 0 for the initial weights, then 1, 2, ..."""
+    position: int
+    """Optimizer steps trained before this checkpoint."""
     prev_digest: bytes
+    """SHA-256 of checkpoint index-1 (32 zero bytes for checkpoint 0)."""
     seed: bytes
+    """The 32-byte training seed."""
     model_spec: ModelSpec
+    """The task's network."""
     train_spec: TrainSpec
+    """The task's hyperparameters."""
     data_digest: bytes
+    """compute_dataset_digest of the training set."""
     world_size: int
+    """Data-parallel workers the miner trained with."""
+    precision: str
+    """"fp32" or "bf16" (how the miner computed; informational: replays run fp32)."""
     mean_loss: float
+    """Mean training loss over the segment ending here (0 for checkpoint 0)."""
     model_file: bytes
+    """The weights, as a model file."""
     optimizer_state: dict
+    """The optimizer's per-parameter state."""
 
     @property
     def model_digest(self) -> bytes:
@@ -259,8 +284,9 @@ def decode_optimizer_state(obj: object) -> dict:
 
 def encode_checkpoint(ck: Checkpoint) -> bytes:
     return msgpack.packb(
-        [CKPT_MAGIC, FORMAT_VERSION, ck.epoch, ck.prev_digest, ck.seed, encode(ck.model_spec), encode(ck.train_spec),
-         ck.data_digest, ck.world_size, float(ck.mean_loss), ck.model_file, encode_optimizer_state(ck.optimizer_state)],
+        [CKPT_MAGIC, CKPT_VERSION, ck.index, ck.position, ck.prev_digest, ck.seed, encode(ck.model_spec),
+         encode(ck.train_spec), ck.data_digest, ck.world_size, ck.precision, float(ck.mean_loss), ck.model_file,
+         encode_optimizer_state(ck.optimizer_state)],
         use_bin_type=True,
     )
 
@@ -268,18 +294,23 @@ def encode_checkpoint(ck: Checkpoint) -> bytes:
 def decode_checkpoint(data: bytes) -> Checkpoint:
     """Parse a checkpoint file (the model inside is checked by `decode_model` when used)."""
     obj = _unpack(data, "checkpoint")
-    if len(obj) != 12 or obj[0] != CKPT_MAGIC:
+    if len(obj) < 2 or obj[0] != CKPT_MAGIC:
         raise WeightsError("checkpoint: not a pouw checkpoint file (bad magic)")
-    _, version, epoch, prev, seed, mspec, tspec, data_digest, world, loss, model_file, opt = obj
-    if version != FORMAT_VERSION:
-        raise WeightsError(f"checkpoint: unsupported version {version!r}")
-    if not isinstance(epoch, int) or epoch < 0:
-        raise WeightsError("checkpoint: bad epoch")
+    if obj[1] != CKPT_VERSION:
+        raise WeightsError(f"checkpoint: unsupported version {obj[1]!r}")
+    if len(obj) != 14:
+        raise WeightsError("checkpoint: wrong number of fields")
+    _, _, index, position, prev, seed, mspec, tspec, data_digest, world, precision, loss, model_file, opt = obj
+    for name, v in (("index", index), ("position", position)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise WeightsError(f"checkpoint: bad {name}")
     for name, v in (("prev_digest", prev), ("seed", seed), ("data_digest", data_digest)):
         if not (isinstance(v, bytes) and len(v) == 32):
             raise WeightsError(f"checkpoint: {name} must be 32 bytes")
-    if not isinstance(world, int) or world < 1:
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise WeightsError("checkpoint: bad world size")
+    if precision not in PRECISIONS:
+        raise WeightsError(f"checkpoint: unknown precision {precision!r}")
     if not isinstance(loss, float) or not math.isfinite(loss):
         raise WeightsError("checkpoint: mean loss must be a finite float")
     if not isinstance(model_file, bytes) or not isinstance(mspec, bytes) or not isinstance(tspec, bytes):
@@ -289,11 +320,29 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         train_spec = decode(TrainSpec, tspec)
     except (DecodeError, SpecError) as exc:
         raise WeightsError(f"checkpoint: bad spec ({exc})") from exc
-    return Checkpoint(epoch, prev, seed, model_spec, train_spec, data_digest, world, loss, model_file,
-                      decode_optimizer_state(opt))
+    return Checkpoint(index, position, prev, seed, model_spec, train_spec, data_digest, world, precision, loss,
+                      model_file, decode_optimizer_state(opt))
+
+
+def compute_update_norm(prev_weights: dict[str, torch.Tensor], next_weights: dict[str, torch.Tensor]) -> float:
+    """L2 norm, in float64, of next - prev over all floating-point tensors (names in sorted order).
+
+    Each tensor's sum of squares is numpy's pairwise float64 sum (single
+    threaded, no BLAS), added in name order, so the same two files give the
+    same float whatever the machine's thread count.
+    """
+    total = 0.0
+    for name in sorted(next_weights):
+        new = next_weights[name]
+        if not new.is_floating_point():
+            continue
+        diff = new.detach().cpu().numpy().astype(np.float64) - prev_weights[name].detach().cpu().numpy().astype(np.float64)
+        total += float(np.sum(diff * diff))
+    return math.sqrt(total)
 
 
 __all__ = [
     "WeightsError", "Checkpoint", "encode_model", "decode_model", "load_model", "compute_model_digest",
-    "encode_checkpoint", "decode_checkpoint", "encode_tensor", "decode_tensor", "ZERO_DIGEST",
+    "encode_checkpoint", "decode_checkpoint", "encode_tensor", "decode_tensor", "ZERO_DIGEST", "PRECISIONS",
+    "compute_update_norm", "CKPT_VERSION",
 ]
