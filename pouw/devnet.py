@@ -200,7 +200,7 @@ class Devnet:
         return {
             "balance": join(pouw, ["wallet", "balance"], node, ["--key-file", str(key_file.resolve())]),
             "dataset": shlex.join(["python", str(NUCLEI_SCRIPT) if NUCLEI_SCRIPT.exists() else "scripts/make_nuclei_example.py", "nuclei"]),
-            "submit": join(pouw, ["task", "submit", "nuclei", "--reward", "10", "--model", "unet2d",
+            "submit": join(pouw, ["task", "submit", "nuclei", "--reward", "60", "--model", "unet2d",
                                   "--patch-size", "64,64", "--base-filters", "8", "--epochs", "40"], node, keys, keystore),
             "status": join(pouw, ["task", "status", "TASK_ID"], node),
             "results": join(pouw, ["task", "results", "TASK_ID", "--out", "nuclei-results"], node, keystore),

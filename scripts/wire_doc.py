@@ -22,12 +22,13 @@ from fullnode.messages import BlocksRequest, BlocksResponse, HeadersResponse, St
 from pouw.encoding import Fixed, MaxLen  # noqa: E402
 from pouw.seg.spec import ModelSpec, TrainSpec  # noqa: E402
 from pouw.types import (  # noqa: E402
-    BlobRef, Block, BlockBody, BlockHeader, Claim, Commit, KeyReveal, TaskSubmission, Transfer, WorkProof,
+    BlobRef, Block, BlockBody, BlockHeader, Bond, CheckpointRef, Claim, ClaimEvidence, Commit, KeyReveal, TaskSubmission,
+    Transfer, Unbond, WorkProof,
 )
 
 WIRE_TYPES = (
-    Transfer, TaskSubmission, ModelSpec, TrainSpec, BlobRef, Commit, KeyReveal, WorkProof,
-    BlockHeader, BlockBody, Block, Claim, StatusMessage, ChainScore, BlocksRequest, BlocksResponse, HeadersResponse,
+    Transfer, TaskSubmission, Bond, Unbond, ModelSpec, TrainSpec, BlobRef, Commit, KeyReveal, CheckpointRef, WorkProof,
+    BlockHeader, BlockBody, ClaimEvidence, Block, Claim, StatusMessage, ChainScore, BlocksRequest, BlocksResponse, HeadersResponse,
 )
 BEGIN = "<!-- wire-types:begin (scripts/wire_doc.py --write) -->"
 END = "<!-- wire-types:end -->"

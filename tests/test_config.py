@@ -36,7 +36,7 @@ params = nets/params.json
 rpc-port = 8700
 bootstrap = /ip4/127.0.0.1/tcp/1/p2p/a
 bootstrap=/ip4/127.0.0.1/tcp/2/p2p/b
-verify = high
+assume-valid = abababababababababababababababababababababababababababababababab
 claim-wait = 2.5
 json = yes
 explorer-port = 0
@@ -48,7 +48,7 @@ metrics-host = 0.0.0.0
         "params": tmp_path / "nets/params.json",
         "rpc-port": 8700,
         "bootstrap": ["/ip4/127.0.0.1/tcp/1/p2p/a", "/ip4/127.0.0.1/tcp/2/p2p/b"],
-        "verify": "high",
+        "assume-valid": "abababababababababababababababababababababababababababababababab",
         "claim-wait": 2.5,
         "json": True,
         "explorer-port": 0,
@@ -61,7 +61,7 @@ metrics-host = 0.0.0.0
     ("rpcport = 8645", "line 1: unknown key 'rpcport'; the keys are network, params"),
     ("\n\nrpc-port = 70000", "line 3: rpc-port must be a port number from 0 to 65535 (got '70000')"),
     ("rpc-port = eight", "rpc-port must be a port number"),
-    ("verify = some", "verify must be one of all, high"),
+    ("assume-valid = some", "assume-valid must be a 64-hex-digit block hash"),
     ("network = testnet", "network must be one of main, devnet"),
     ("claim-wait = -1", "claim-wait must be a number of seconds from 0"),
     ("claim-wait = soon", "claim-wait must be a number of seconds"),
@@ -91,7 +91,7 @@ def test_conf_file_reading(tmp_path):
 def test_node_start_refuses_a_bad_conf_before_starting_anything(tmp_path):
     datadir = tmp_path / "d"
     datadir.mkdir()
-    (datadir / "pouw.conf").write_text("verify = all\nrpcport = 1\n")
+    (datadir / "pouw.conf").write_text("assume-valid = abababababababababababababababababababababababababababababababab\nrpcport = 1\n")
     result = CliRunner().invoke(start, ["--datadir", str(datadir)])
     assert result.exit_code == 1
     assert f"{datadir / 'pouw.conf'} line 2: unknown key 'rpcport'" in result.output
@@ -133,7 +133,7 @@ def test_a_running_node_takes_its_conf_and_flags_win(tmp_path):
         f"rpc-port = {conf_rpc}\n"
         f"explorer-port = {explorer}\n"
         f"metrics-port = {metrics}\n"
-        "verify = high\n"
+        "assume-valid = abababababababababababababababababababababababababababababababab\n"
         "json = 1\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "pouw.cli", "node", "start", "--datadir", str(datadir), "--rpc-port", str(flag_rpc)],

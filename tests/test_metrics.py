@@ -84,15 +84,15 @@ def test_scrape_shows_tip_peers_mempool_claims_verification_and_fetches(tmp_path
         thread = threading.Thread(target=miner.run, kwargs={"stop": stop}, daemon=True)
         thread.start()
         deadline = params.genesis_time + 3 * params.slot_seconds
-        while not (a.store.tip_height >= 1 and b.store.tip_height >= 1) and time.time() < deadline:
+        while not (a.chain.tip_height >= 1 and b.chain.tip_height >= 1) and time.time() < deadline:
             time.sleep(0.3)
-        assert a.store.tip_height >= 1 and b.store.tip_height >= 1, "no block mined"
+        assert a.chain.tip_height >= 1 and b.chain.tip_height >= 1, "no block mined"
 
         got_a, got_b = scrape(url_a), scrape(url_b)
-        assert got_a["pouw_tip_height"] == a.store.tip_height
+        assert got_a["pouw_tip_height"] == a.chain.tip_height
         assert got_a["pouw_mempool_transactions"] == 0  # the transfer went into block 1
         assert got_a['pouw_claims_verified_total{result=valid}'] >= 1
-        block = a.store.get_block_at(1)
+        block = a.chain.get_block_at(1)
         work = block.body.work
         # Node a fetched the model and every checkpoint from the miner; node b got them from a link or a.
         for got in (got_a, got_b):

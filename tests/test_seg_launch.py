@@ -72,7 +72,7 @@ def test_rank_failures_surface_and_every_rank_is_reaped(tmp_path):
     spec, tspec = small_spec(), small_train_spec()
     train_ds, _ = small_data(spec)
     store = BlobStore(tmp_path / "store")
-    with pytest.raises(TrainError, match=r"rank 0 .*failed: .*precision must be"):
+    with pytest.raises(TrainError, match=r"rank \d .*failed: .*precision must be"):
         train_on_devices(("cpu", "cpu"), spec, tspec, train_ds, SEED, time.time() + 60, store, progress=False,
                          precision="fp8")
     assert _no_ranks_left()
@@ -112,9 +112,9 @@ def test_miner_cli_devices_mines_a_block_a_full_node_verifies(tmp_path):
         events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
         assert [e for e in events if e["event"] == "claim"] and not [e for e in events if e["event"] == "error"]
         deadline = time.time() + 60
-        while node.store.tip_height < 1 and time.time() < deadline:
+        while node.chain.tip_height < 1 and time.time() < deadline:
             time.sleep(0.2)
-        block = node.store.get_block_at(1)
+        block = node.chain.get_block_at(1)
         assert block is not None and block.header.miner == KeyPair.from_seed(seed).public_key
         # The node verified one segment; replay every one of them here, on one process.
         work = block.body.work
