@@ -51,6 +51,8 @@ from consensus.rules import (
     compute_body_root,
     compute_body_root_of,
     compute_claim_bond,
+    compute_evidence_root,
+    compute_transactions_root,
     compute_commit_binding,
     compute_insert_queue,
     compute_unselected_root,
@@ -385,7 +387,7 @@ def process_unbond(account: Account, tx: Unbond, height: int, params: ChainParam
 # --- claim evidence ----------------------------------------------------------------
 
 
-def validate_claim_evidence(state: State, header: BlockHeader, evidence: ClaimEvidence, params: ChainParams) -> int:
+def validate_claim_evidence(state: State, height: int, evidence: ClaimEvidence, params: ChainParams) -> int:
     """Check that `evidence` shows a false claim on this chain; returns the bond it forfeits.
 
     A claim that ranked above the block that won its height (same parent,
@@ -396,8 +398,8 @@ def validate_claim_evidence(state: State, header: BlockHeader, evidence: ClaimEv
     block from its parts, its commit and trajectory, and the chain's history.
     """
     claim = evidence.header
-    require(0 < claim.height < header.height, "evidence for a height this block does not follow")
-    require(header.height - claim.height <= params.evidence_window_blocks, "evidence older than the evidence window")
+    require(0 < claim.height < height, "evidence for a height this block does not follow")
+    require(height - claim.height <= params.evidence_window_blocks, "evidence older than the evidence window")
     require(claim.is_signature_valid(), "the claim's header signature does not verify")
     root = compute_body_root_of(evidence.commit, evidence.work, evidence.key_reveals, evidence.transactions_root, evidence.evidence_root)
     require(root == claim.body_root, "the evidence does not match the claim's body root")
@@ -423,7 +425,12 @@ def validate_claim_evidence(state: State, header: BlockHeader, evidence: ClaimEv
 
 def process_claim_evidence(state: State, header: BlockHeader, evidence: ClaimEvidence, params: ChainParams) -> int:
     """Forfeit a false claim's bond (bonded coins first): half burned, half paid to this block's miner (returned)."""
-    amount = validate_claim_evidence(state, header, evidence, params)
+    return process_claim_evidence_at(state, header.height, evidence, params)
+
+
+def process_claim_evidence_at(state: State, height: int, evidence: ClaimEvidence, params: ChainParams) -> int:
+    """process_claim_evidence for a block at `height`."""
+    amount = validate_claim_evidence(state, height, evidence, params)
     claimant = evidence.header.miner
     account = state.get_account(claimant)
     from_bond = min(amount, account.bonded)
@@ -494,3 +501,10 @@ def process_schedule(state: State, header: BlockHeader, body: BlockBody, params:
     )
     state.set_status(new_status)
     return new_status
+
+
+def make_claim_evidence(block: Block) -> ClaimEvidence:
+    """The evidence that shows a claimed block, without its transactions (their root stands in)."""
+    body = block.body
+    return ClaimEvidence(block.header, body.commit, body.work, body.key_reveals,
+                         compute_transactions_root(body.transactions), compute_evidence_root(body.evidence))

@@ -16,18 +16,21 @@ the node keeps answering while it verifies.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 from consensus.assemble import BlockTemplate, make_block_template
 from consensus.chainstate import Activation, BlockResult, BlockStatus, ChainState, WorkCheck
-from consensus.clock import PHASE_2, get_phase2_start, get_phase_point
+from consensus.clock import PHASE_2, get_phase2_start, get_phase_point, get_slot_start
 from consensus.forkchoice import ChainScore, compute_child_score, compute_genesis_score, get_score_key, is_better
 from consensus.rules import (
+    compute_claim_bond,
     get_commit_task_ids,
     get_scheduled_task_id,
     is_key_for_task,
 )
+from consensus.transition import InvalidBlock, make_claim_evidence, process_claim_evidence_at
 from mempool.claimpool import ClaimPool
 from mempool.commitpool import CommitPool
 from mempool.errors import MempoolReject
@@ -38,6 +41,7 @@ from pouw.types import (
     Block,
     ChainParams,
     Claim,
+    ClaimEvidence,
     Commit,
     KeyReveal,
     TaskSubmission,
@@ -47,6 +51,15 @@ from pouw.types import (
 from fullnode.keys import KeyBook, PublisherKeyFiles
 
 log = logging.getLogger("pouw.node")
+
+MAX_CLAIMS_VERIFIED_PER_SLOT = 16
+"""Most claims a node judges in one slot (the rest wait for the next: the height's block may come from any slot)."""
+VERIFY_MARGIN_SECONDS = 2.0
+"""No claim verification starts this close to the end of a slot."""
+MAX_REMEMBERED_FALSE_CLAIMS = 1_000
+"""Claims that failed verification kept to be shown as evidence."""
+MAX_EVIDENCE_PER_BLOCK = 16
+"""Most evidence entries a block carries (BlockBody.evidence's limit)."""
 
 MISBEHAVIOUR_CODES = frozenset({"malformed", "bad-signature", "invalid", "bad-key"})
 """Verdict codes only a faulty or hostile sender earns (honest nodes can send the rest, e.g. a late commit)."""
@@ -118,6 +131,10 @@ class NodeCore:
         """Told whether each claim verification judged the claim valid (metrics); missing data is no judgement."""
         self._verified_slot = -1
         self._last_phase: tuple[int, int] | None = None
+        self._judged: dict[int, int] = {}
+        """slot -> claims judged in it (the per-slot verification budget)."""
+        self._false_claims: OrderedDict[bytes, Block] = OrderedDict()
+        """Claims that failed verification, kept to be shown as evidence (bounded)."""
         chain.subscribe(self._on_activation)
         if key_files is not None:
             mine, problems = key_files.load()
@@ -211,16 +228,30 @@ class NodeCore:
         self.log(f"operator reconsidered block {block_hash.hex()[:12]}; tip is now height {self.chain.tip_height}")
         return activation
 
-    def verify_claims(self, now: float) -> BlockResult | None:
-        """Verify the current slot's claims from the best down; returns the result of the first valid one, if any."""
-        slot = get_phase_point(self.params, now).slot
-        while True:
+    def verify_claims(self, now: float, clock: Callable[[], float]) -> BlockResult | None:
+        """Verify the next height's claims, best first (fork choice's order); returns the first valid one's result.
+
+        At most MAX_CLAIMS_VERIFIED_PER_SLOT claims are judged per slot, and
+        none is started within VERIFY_MARGIN_SECONDS of the slot's end (by
+        `clock`): a flood of false claims delays the height but cannot make
+        a node verify without end. Claims left unjudged stay in the pool and
+        are verified in the next slot (the height's block may come from an
+        earlier slot), so a true claim below a flood still wins, and every
+        false claim ranked above it can then be shown (ClaimEvidence) and its
+        bond forfeited.
+        """
+        point = get_phase_point(self.params, now)
+        deadline = get_slot_start(self.params, point.slot + 1) - VERIFY_MARGIN_SECONDS
+        while clock() < deadline:
             with self.lock:
-                claim = self._next_claim(slot)
+                if self._judged.get(point.slot, 0) >= MAX_CLAIMS_VERIFIED_PER_SLOT:
+                    return None
+                claim = self._next_claim()
                 if claim is None:
                     return None
+                self._judged[point.slot] = self._judged.get(point.slot, 0) + 1
             block = claim.block
-            result = self.process_block(block, now)
+            result = self.process_block(block, clock())
             if result.is_valid or result.status is BlockStatus.INVALID:
                 self.on_claim_judged(result.is_valid)
             with self.lock:
@@ -228,12 +259,29 @@ class NodeCore:
                     self.claims.mark_verified(block.hash)
                     return result
                 self.claims.mark_rejected(block.hash, result.reason)
+                if result.status is BlockStatus.INVALID:
+                    self._remember_false_claim(block)
             self.log(f"claim {block.hash.hex()[:12]} of miner {block.header.miner.hex()[:12]} rejected: {result.reason}")
+        return None
 
-    def _next_claim(self, slot: int) -> Claim | None:
-        """The best claim of `slot` not yet judged (fork choice's own order), unless the chain already holds a better block there."""
-        ranked = [c for c in self.claims.ranked(slot=slot) if not self.claims.is_verified(c.block.hash)]
-        ranked.sort(key=lambda c: get_score_key(self._claim_score(c.block)), reverse=True)
+    def _remember_false_claim(self, block: Block) -> None:
+        """Keep a claim that failed verification, to show it in a block once its height is won (bounded)."""
+        self._false_claims[block.hash] = block
+        while len(self._false_claims) > MAX_REMEMBERED_FALSE_CLAIMS:
+            self._false_claims.popitem(last=False)
+
+    def _next_claim(self) -> Claim | None:
+        """The best unjudged claim for the next height (any slot), unless the chain already holds a better block there.
+
+        Claims whose miner holds the bond they need (compute_claim_bond) come
+        first, in fork choice's order; unbonded claims (a new miner has no
+        bond yet) only when budget is left: a false bonded claim costs its
+        miner the bond, a false unbonded one costs it nothing but the verifier's time.
+        """
+        height = self.chain.tip_height + 1
+        state = self.chain.state()
+        ranked = [c for c in self.claims.ranked(height=height) if not self.claims.is_verified(c.block.hash)]
+        ranked.sort(key=lambda c: (self._is_bonded(state, c.block), get_score_key(self._claim_score(c.block))), reverse=True)
         for claim in ranked:
             header = claim.block.header
             current = self.chain.get_hash_at(header.height)
@@ -243,6 +291,25 @@ class NodeCore:
                     return None
             return claim
         return None
+
+    def _is_bonded(self, state, block: Block) -> bool:
+        """True when the block's miner holds at least the bond its claim needs."""
+        return state.get_account(block.header.miner).bonded >= compute_claim_bond(self.params, block.body.work)
+
+    def get_claim_evidence(self, state, height: int) -> tuple[ClaimEvidence, ...]:
+        """Evidence of remembered false claims that a block at `height` on `state` may carry (each checked, at most 16)."""
+        out: list[ClaimEvidence] = []
+        trial = state.child()
+        for block in list(self._false_claims.values()):
+            evidence = make_claim_evidence(block)
+            try:
+                process_claim_evidence_at(trial, height, evidence, self.params)
+            except InvalidBlock:
+                continue
+            out.append(evidence)
+            if len(out) == MAX_EVIDENCE_PER_BLOCK:
+                break
+        return tuple(out)
 
     def _claim_score(self, block: Block) -> ChainScore:
         """A block's own fork-choice weight (useful, keys carried, Dice, tie value): what decides between siblings."""
@@ -281,6 +348,7 @@ class NodeCore:
                 keep = self.chain.tip_height
                 self.commits.prune(keep)
                 self.claims.prune(keep)
+                self._judged = {slot: n for slot, n in self._judged.items() if slot >= point.slot}
             due = self.is_verification_window(now) and point.slot != self._verified_slot
             if due:
                 self._verified_slot = point.slot
@@ -323,8 +391,9 @@ class NodeCore:
             return self.txpool.tasks.get(task_id)
 
     def get_block_template(self) -> BlockTemplate:
-        """A template on the current tip with the best-paying valid transactions."""
+        """A template on the current tip: the best-paying valid transactions and the evidence of false claims."""
         with self.lock:
             state = self.chain.state()
             txs = self.txpool.select_for_block(state, self.params.max_block_transactions)
-            return make_block_template(state, self.params, tuple(txs))
+            evidence = self.get_claim_evidence(state, state.get_status().height + 1)
+            return make_block_template(state, self.params, tuple(txs), evidence)

@@ -208,7 +208,7 @@ class FullNode:
 
     def verify_claims(self) -> BlockResult | None:
         """Phase-2 verification; the winning block is announced."""
-        result = self.core.verify_claims(time.time())
+        result = self.core.verify_claims(time.time(), time.time)
         if result is not None and result.status in (BlockStatus.CONNECTED, BlockStatus.SIDE_BRANCH):
             self.gossip.publish("block", self.chain.get_block_bytes(result.block_hash))
         return result

@@ -249,7 +249,8 @@ def wallet_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
             state = core.chain.state()
             account = state.get_account(raw)
             pending = core.txpool.get_pending_nonce(raw, state)
-        return {"address": address, "balance": account.balance, "nonce": account.nonce, "pending_nonce": pending}
+        return {"address": address, "balance": account.balance, "nonce": account.nonce, "pending_nonce": pending,
+                "bonded": account.bonded, "unbonding": account.unbonding, "unbond_height": account.unbond_height}
 
     def sendtx(hex: str) -> dict:
         try:

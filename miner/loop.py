@@ -39,6 +39,7 @@ from pouw.types import (
     MODE_NO_TRAIN_KEY,
     MODE_STALE,
     Block,
+    Bond,
     ChainParams,
     Claim,
     Commit,
@@ -80,6 +81,8 @@ class MinerConfig:
     """Where the miner's own blob server listens (0: any free port)."""
     public_url: str | None = None
     """Base URL other nodes should fetch the miner's blobs from (default: the blob server's URL)."""
+    bond: int = 10 * 100_000_000
+    """Claim bond (base units) the miner keeps locked: at start it bonds what is missing (0: never bond)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Miner:
             threads=self._threads(), blob_url=self.link,
         )
         waiting_for: tuple[int, int] | None = None
+        self._ensure_bond()
         try:
             while not stop.is_set():
                 info = self._poll()
@@ -189,6 +193,32 @@ class Miner:
             prefetcher.close()
             server.stop()
         return results
+
+    def _ensure_bond(self) -> None:
+        """Bond what is missing of `config.bond` (claims of bonded miners are verified first; a false one forfeits it)."""
+        if self.config.bond <= 0:
+            return
+        kp = self.config.keypair
+        try:
+            acct = self.node.call("getbalance", address=kp.address)
+        except (RpcError, NodeGone) as exc:
+            self.reporter.emit("error", f"cannot read the bond: {exc}", error=str(exc))
+            return
+        missing = self.config.bond - int(acct.get("bonded", 0))
+        fee = 100_000
+        if missing <= 0:
+            return
+        if int(acct["balance"]) < missing + fee:
+            self.reporter.emit("bond", f"balance too low to bond {missing / 1e8:.8g} coins: claims are verified after bonded ones",
+                               missing=missing)
+            return
+        tx = Bond(kp.public_key, missing, fee, int(acct["pending_nonce"])).signed_by(kp)
+        try:
+            self.node.call("sendtx", hex=encode(tx).hex())
+        except (RpcError, NodeGone) as exc:
+            self.reporter.emit("error", f"bond refused: {exc}", error=str(exc))
+            return
+        self.reporter.emit("bond", f"bonding {missing / 1e8:.8g} coins", amount=missing)
 
     def _has_time_to_train(self, slot: int) -> bool:
         margin = self.config.margin if self.config.margin is not None else plan.compute_commit_margin(self.params, self.node.rtt)

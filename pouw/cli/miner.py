@@ -9,6 +9,7 @@ import click
 
 from pouw.cli.common import (
     DEFAULT_NODE_URL,
+    parse_coins,
     get_pouw_home,
     key_options,
     load_keypair,
@@ -43,12 +44,15 @@ def miner() -> None:
 @click.option("--blob-host", default="127.0.0.1", show_default=True, help="Address of the miner's blob server.")
 @click.option("--blob-port", type=click.IntRange(0, 65535), default=0, help="Port of the blob server (default: any).")
 @click.option("--public-url", default=None, help="Base URL other nodes fetch this miner's models from.")
+@click.option("--bond", default="10", show_default=True,
+              help="Coins kept locked as claim bond (bonded at start if missing; a false claim forfeits it; 0: none).")
 @click.option("--once", is_flag=True, help="Exit after the first claim (once its height is decided).")
 @click.option("--no-progress", is_flag=True, help="Hide the training progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def start(node_url: str, datadir: Path, workdir: Path | None, key_file: Path, passphrase_file: Path | None,
           key_seed: str | None, device: str | None, devices: str | None, threads: int | None, margin: float | None,
-          blob_host: str, blob_port: int, public_url: str | None, once: bool, no_progress: bool, as_json: bool) -> None:
+          blob_host: str, blob_port: int, public_url: str | None, bond: str, once: bool, no_progress: bool,
+          as_json: bool) -> None:
     """Follow the node's phases: train in Phase 1, commit, evaluate and claim in Phase 2."""
     chosen = get_devices(device, devices)
     keypair = load_keypair(key_file, passphrase_file, key_seed)
@@ -61,7 +65,7 @@ def start(node_url: str, datadir: Path, workdir: Path | None, key_file: Path, pa
         keypair=keypair, workdir=workdir or get_pouw_home() / "miner", device=chosen[0], devices=chosen,
         threads=threads or os.cpu_count(),
         margin=margin, progress=not (no_progress or as_json), blob_host=blob_host, blob_port=blob_port,
-        public_url=public_url,
+        public_url=public_url, bond=parse_coins(bond, "bond"),
     )
     reporter = Reporter(as_json=as_json)
     node = NodeLink(make_client(node_url, datadir, timeout=30.0), reporter)

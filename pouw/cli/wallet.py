@@ -22,7 +22,7 @@ from pouw.cli.common import (
 )
 from pouw.encoding import encode
 from pouw.keys import KeyFileError, KeyPair, parse_address, read_key_file_address, write_key_file
-from pouw.types import Transfer
+from pouw.types import Bond, Transfer, Unbond
 
 
 @click.group()
@@ -83,7 +83,9 @@ def balance(address: str | None, node_url: str, datadir: Path, key_file: Path, p
     output(as_json, res, lambda: [
         f"{format_coins(res['balance'])} coins  ({res['address']})",
         f"nonce {res['nonce']}, next {res['pending_nonce']}",
-    ])
+    ] + ([f"bonded {format_coins(res.get('bonded', 0))}, unbonding {format_coins(res.get('unbonding', 0))}"
+          + (f" (free from height {res['unbond_height']})" if res.get("unbonding") else "")]
+         if res.get("bonded") or res.get("unbonding") else []))
 
 
 @wallet.command("send")
@@ -114,3 +116,44 @@ def send(to: str, amount: str, fee: str, node_url: str, datadir: Path, key_file:
                      "from": keypair.address, "to": recipient.hex()},
            lambda: [f"sent {format_coins(units)} coins to {recipient.hex()[:16]}… (fee {format_coins(fee_units)}, "
                     f"nonce {tx.nonce})", f"txid {res['txid']}"])
+
+
+def _send_bond_tx(kind: str, amount: str, fee: str, node_url: str, datadir: Path, key_file: Path,
+                  passphrase_file: Path | None, key_seed: str | None, as_json: bool) -> None:
+    units = parse_coins(amount, "amount")
+    fee_units = parse_coins(fee, "fee")
+    client = make_client(node_url, datadir)
+    keypair = load_keypair(key_file, passphrase_file, key_seed)
+    acct = call(client, "getbalance", address=keypair.address)
+    cls = Bond if kind == "bond" else Unbond
+    tx = cls(keypair.public_key, units, fee_units, int(acct["pending_nonce"])).signed_by(keypair)
+    res = call(client, "sendtx", hex=encode(tx).hex())
+    verb = "bonding" if kind == "bond" else "unbonding"
+    output(as_json, {"txid": res["txid"], "amount": units, "fee": fee_units, "nonce": tx.nonce, "miner": keypair.address},
+           lambda: [f"{verb} {format_coins(units)} coins (fee {format_coins(fee_units)}, nonce {tx.nonce})", f"txid {res['txid']}"])
+
+
+@wallet.command("bond")
+@click.argument("amount")
+@click.option("--fee", default=DEFAULT_FEE, show_default=True, help="Fee in coins, paid to the block's miner.")
+@node_options
+@key_options
+@seed_option
+@json_option
+def bond(amount: str, fee: str, node_url: str, datadir: Path, key_file: Path, passphrase_file: Path | None,
+         key_seed: str | None, as_json: bool) -> None:
+    """Lock AMOUNT coins as this key's claim bond (a miner's claims need one; a false claim forfeits it)."""
+    _send_bond_tx("bond", amount, fee, node_url, datadir, key_file, passphrase_file, key_seed, as_json)
+
+
+@wallet.command("unbond")
+@click.argument("amount")
+@click.option("--fee", default=DEFAULT_FEE, show_default=True, help="Fee in coins, paid to the block's miner.")
+@node_options
+@key_options
+@seed_option
+@json_option
+def unbond(amount: str, fee: str, node_url: str, datadir: Path, key_file: Path, passphrase_file: Path | None,
+           key_seed: str | None, as_json: bool) -> None:
+    """Start releasing AMOUNT bonded coins (they return after the unbonding delay; 0: release what is due)."""
+    _send_bond_tx("unbond", amount, fee, node_url, datadir, key_file, passphrase_file, key_seed, as_json)
