@@ -20,9 +20,10 @@ from mempool.txpool import decode_transaction
 from pouw.blobstore import BlobError, BlobStore
 from pouw.encoding import DecodeError, decode, encode
 from pouw.rpc import RpcError
-from pouw.types import KEY_TEST, KEY_TRAIN, Block, Claim, Commit, Transfer, get_tx_id
+from pouw.types import KEY_TEST, KEY_TRAIN, Block, Claim, Commit, get_tx_id
 
 from fullnode.core import NodeCore, Verdict
+from fullnode.views import tx_to_json
 
 REJECTED = -1
 NOT_FOUND = -2
@@ -82,14 +83,6 @@ def raise_unless_accepted(verdict: Verdict, what: str) -> None:
 
 
 # --- JSON views ---------------------------------------------------------------------
-
-
-def tx_to_json(tx) -> dict:
-    """A transaction as a person (or script) reads it."""
-    base = {"txid": get_tx_id(tx).hex(), "fee": tx.fee, "nonce": tx.nonce}
-    if isinstance(tx, Transfer):
-        return {**base, "type": "transfer", "from": tx.sender.hex(), "to": tx.recipient.hex(), "amount": tx.amount}
-    return {**base, "type": "task", "publisher": tx.publisher.hex(), "reward": tx.reward, "title": tx.title, "task_id": tx.task_id.hex()}
 
 
 def block_to_json(core: NodeCore, block: Block) -> dict:

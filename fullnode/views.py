@@ -33,9 +33,11 @@ from pouw.types import (
     MODE_NO_TEST_KEY,
     Block,
     ChainParams,
+    Bond,
     TaskSubmission,
     Transfer,
     get_tx_id,
+    get_tx_sender,
 )
 
 log = logging.getLogger("pouw.explorer")
@@ -204,12 +206,15 @@ def list_blocks(chain: ChainView, params: ChainParams, before: int | None = None
     return {"height": tip, "blocks": rows, "more": top - limit > 0}
 
 
-def _tx_to_json(tx) -> dict:
-    base = {"txid": get_tx_id(tx).hex(), "fee": tx.fee, "nonce": tx.nonce}
+def tx_to_json(tx) -> dict:
+    """A transaction as a person (or script) reads it: the same for RPC and the explorer."""
+    base = {"txid": get_tx_id(tx).hex(), "from": get_tx_sender(tx).hex(), "fee": tx.fee, "nonce": tx.nonce}
     if isinstance(tx, Transfer):
-        return {**base, "type": "transfer", "from": tx.sender.hex(), "to": tx.recipient.hex(), "amount": tx.amount}
-    return {**base, "type": "task", "from": tx.publisher.hex(), "task_id": tx.task_id.hex(), "amount": tx.reward,
-            "title": tx.title}
+        return {**base, "type": "transfer", "to": tx.recipient.hex(), "amount": tx.amount}
+    if isinstance(tx, TaskSubmission):
+        return {**base, "type": "task", "publisher": tx.publisher.hex(), "task_id": tx.task_id.hex(),
+                "reward": tx.reward, "amount": tx.reward, "title": tx.title}
+    return {**base, "type": "bond" if isinstance(tx, Bond) else "unbond", "amount": tx.amount}
 
 
 def _count_confirmations(chain: ChainView, params: ChainParams, height: int, tip: int) -> int:
@@ -264,7 +269,7 @@ def get_block_view(chain: ChainView, params: ChainParams, ref: str, tx_offset: i
             "claimed_dice_ppm": work.dice_ppm,
         },
         "tx_offset": tx_offset,
-        "tx_page": [_tx_to_json(tx) for tx in txs],
+        "tx_page": [tx_to_json(tx) for tx in txs],
     }
 
 

@@ -52,12 +52,13 @@ def field(page_or_locator, name: str) -> str:
 
 
 def expected_paid(block: dict, net, rewards: dict[str, int]) -> int:
-    """What the block paid its winner, from RPC data: block reward + fees + the task's escrow unless refunded."""
+    """What the block paid its winner, from RPC data: fees, plus the block reward for standing-task work (the standing
+    task, modes 1 and 3) or the task's escrow (modes 0 and 2): docs/protocol.md §5."""
     header = block["header"]
-    paid = net.params.block_reward + sum(tx["fee"] for tx in block["transactions"])
-    if header["task_mode"] != 1:
-        paid += rewards.get(header["task_id"], 0)
-    return paid
+    paid = sum(tx["fee"] for tx in block["transactions"])
+    if header["task_id"] in rewards and header["task_mode"] in (0, 2):
+        return paid + rewards[header["task_id"]]
+    return paid + net.params.block_reward
 
 
 def check_row(row, rpc, net, rewards) -> int:
@@ -80,14 +81,14 @@ def test_explorer_page_follows_the_chain_live_in_headless_chromium(tmp_path):
     chromium = find_chromium()
     from playwright.sync_api import sync_playwright
 
-    options = DevnetOptions(root=tmp_path / "net", nodes=2, miners=1, blocks=3, phase1=12, phase2=8, tasks=(5,),
-                            timeout=400, explorer_port=0)
+    options = DevnetOptions(root=tmp_path / "net", nodes=2, miners=1, blocks=6, phase1=12, phase2=8, tasks=(60,),
+                            timeout=600, explorer_port=0)
     with Devnet(options, emit=lambda line: None) as net:
         net.start()
         url = net.explorer_url
         assert url and url.startswith("http://127.0.0.1:")
         [task_id] = net.submit_tasks()
-        rewards = {task_id: 5 * 100_000_000}
+        rewards = {task_id: 60 * 100_000_000}
         rpc = net.client(0)
 
         # Bounded work for anyone on the port: bad references are 400/404, pages are capped.
@@ -150,8 +151,8 @@ def test_explorer_page_follows_the_chain_live_in_headless_chromium(tmp_path):
                 assert int(field(view, "checkpoints")) == block["work"]["checkpoints"]
                 assert int(field(view, "reward")) == expected_paid(block, net, rewards)
 
-                # The task page: mined at height 3 (selected two blocks after inclusion), with its figures.
-                wait_until(lambda: rpc.call("gettask", task_id=task_id)["status"] == "mined", 240, "the task to be mined")
+                # The task page: mined at height 3 + M (mature M blocks after inclusion, then selected two ahead), with its figures.
+                wait_until(lambda: rpc.call("gettask", task_id=task_id)["status"] == "mined", 360, "the task to be mined")
                 task = rpc.call("gettask", task_id=task_id)
                 page.locator("a.brand").click()
                 task_link = page.locator(f"tr[data-test=task-row][data-task='{task_id}'] a").first
