@@ -27,7 +27,6 @@ import socket
 import statistics
 import struct
 import sys
-import threading
 import time
 from pathlib import Path
 

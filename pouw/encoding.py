@@ -441,7 +441,7 @@ def _fields_reader(cls: type) -> Reader:
             fail.path.append("." + names[len(values)])
             raise
         try:
-            obj = cls(*values) if positional else cls(**dict(zip(names, values)))
+            obj = cls(*values) if positional else cls(**dict(zip(names, values, strict=True)))
         except (ValueError, TypeError) as exc:
             raise _Fail(str(exc)) from None
         return obj, pos

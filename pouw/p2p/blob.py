@@ -28,7 +28,7 @@ import trio
 
 from pouw.blobstore import BlobError, FetchBudget, FetchLimitError, FetchLimits
 
-from .framing import FrameError, P2PError, RemoteError, encode_frame, error_frame, ok_frame, parse_response, read_frame
+from .framing import FrameError, FrameReader, P2PError, RemoteError, encode_frame, error_frame, ok_frame, parse_response
 from .node import P2PNode, PeerLike, as_peer_id
 
 log = logging.getLogger("pouw.p2p.blob")
@@ -45,11 +45,12 @@ def serve_blobs(node: P2PNode, store) -> None:
     """Answer /pouw/blob/1 requests from ``store`` (has/path, like BlobStore)."""
 
     async def handle(peer, stream) -> None:
+        reader = FrameReader(stream)
         try:
             while True:
                 try:
                     with trio.fail_after(IDLE_TIMEOUT):
-                        raw = await read_frame(stream, MAX_REQUEST)
+                        raw = await reader.read_frame(MAX_REQUEST)
                 except (FrameError, trio.TooSlowError):
                     return  # end of session (EOF, reset, idle or oversize)
                 try:
@@ -154,6 +155,7 @@ class _PeerSession:
         self.budget = budget
         self.scope = scope
         self.stream = None
+        self.reader: FrameReader | None = None
 
     def _rearm(self) -> None:
         # The scope ends the download at the earliest moment the deadline or the rate can break.
@@ -163,6 +165,7 @@ class _PeerSession:
         self._rearm()
         try:
             self.stream = await self.node.open_stream(self.pid, BLOB_PROTOCOL)
+            self.reader = FrameReader(self.stream)
         except P2PError as exc:
             raise PeerBlobError(f"{self.budget.what}: {exc}") from None
         try:
@@ -182,7 +185,7 @@ class _PeerSession:
 
     async def answer(self) -> tuple[int, bytes]:
         with trio.move_on_after(self.budget.limits.silence) as quiet:
-            payload = parse_response(await read_frame(self.stream, MAX_RESPONSE))
+            payload = parse_response(await self.reader.read_frame(MAX_RESPONSE))
         if quiet.cancelled_caught:
             raise _PeerLimitError(f"{self.budget.what} sent nothing for {self.budget.limits.silence:g} s")
         if len(payload) < 8:

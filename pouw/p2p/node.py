@@ -43,7 +43,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from .framing import P2PError
-from .reqresp import ProtocolLimits, RequestRejected, StreamPool, ask, close_quietly, reset_quietly, serve_stream
+from .reqresp import RequestRejected  # noqa: F401 - part of this module's API
+from .reqresp import ProtocolLimits, StreamPool, ask, close_quietly, reset_quietly, serve_stream
 from .scoring import PeerBook, ScoreConfig
 
 log = logging.getLogger("pouw.p2p")

@@ -158,6 +158,8 @@ async def _exchange(stream_pool: StreamPool, peer: ID, protocol_id: str, lease: 
         await reset_quietly(lease.stream)
         if reused and lease.reader.bytes_read == start:
             raise _StaleStream() from exc
+        if isinstance(exc, StreamClosed):
+            raise FrameError(f"peer {peer} closed the stream without answering on {protocol_id}") from exc
         raise
     except BaseException:  # cancelled (deadline) mid-exchange: the stream's state is unknown
         await reset_quietly(lease.stream)
@@ -189,6 +191,8 @@ async def serve_stream(stream, peer: ID, protocol_id: str, limits: ProtocolLimit
             await reset_quietly(stream)
             return
         frame = await answer(peer, protocol_id, limits, request)
+        if is_banned(peer):  # banned while its request was handled: it gets nothing more
+            break
         try:
             with trio.fail_after(limits.handler_timeout):
                 await stream.write(frame)
