@@ -14,7 +14,9 @@ another process so the two ends do not share one Python thread:
 Baselines in the same run: the same request/response exchanges over one
 plain TCP connection (length-prefixed, no encryption, no muxer), and the
 same bytes through ChaCha20-Poly1305 in 64 KiB Noise-sized messages on one
-core (the cryptographic floor of any encrypted transport here).
+core (the cryptographic floor of any encrypted transport here). CPU time of
+both libp2p ends is reported too: on a shared machine it is steadier than
+wall time.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def _serve_p2p(conn) -> None:
         node.set_handler(SMALL_PROTOCOL, lambda peer, data: data)
         async with node:
             conn.send((node.listen_addrs[0], len(payload)))
-            await trio.to_thread.run_sync(conn.recv)  # until told to stop
+            while await trio.to_thread.run_sync(conn.recv) == "cpu":  # until told to stop
+                conn.send(time.process_time())
 
     trio.run(main)
 
@@ -83,22 +86,30 @@ def bench_p2p(bulk_runs: int, small_runs: int) -> dict:
         async with node:
             addr, size = await trio.to_thread.run_sync(parent.recv)
             peer = await node.connect(addr)
+            async def server_cpu() -> float:
+                parent.send("cpu")
+                return await trio.to_thread.run_sync(parent.recv)
+
             for _ in range(3):  # warm up: connection, identify, window growth
                 await node.request(peer, BULK_PROTOCOL, b"q", timeout=60)
             times = []
+            cpu0, scpu0 = time.process_time(), await server_cpu()
             for _ in range(bulk_runs):
                 t = time.perf_counter()
                 got = await node.request(peer, BULK_PROTOCOL, b"q", timeout=60)
                 times.append(time.perf_counter() - t)
                 assert len(got) == size
+            out["bulk_cpu_s"] = (time.process_time() - cpu0 + await server_cpu() - scpu0) / bulk_runs
             out["bulk_s"] = times
             out["bulk_bytes"] = size
             rtts = []
             msg = os.urandom(32)
+            cpu0, scpu0 = time.process_time(), await server_cpu()
             for _ in range(small_runs):
                 t = time.perf_counter()
                 assert await node.request(peer, SMALL_PROTOCOL, msg, timeout=60) == msg
                 rtts.append(time.perf_counter() - t)
+            out["small_cpu_s"] = (time.process_time() - cpu0 + await server_cpu() - scpu0) / small_runs
             out["small_s"] = rtts
 
     try:
@@ -151,6 +162,7 @@ def bench_tcp(bulk_runs: int, small_runs: int) -> dict:
     port, size = parent.recv()
     out: dict = {}
     try:
+        cpu0 = time.process_time()
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -172,7 +184,8 @@ def bench_tcp(bulk_runs: int, small_runs: int) -> dict:
                 t = time.perf_counter()
                 assert ask(msg) == msg
                 rtts.append(time.perf_counter() - t)
-        out = {"bulk_s": times, "small_s": rtts, "bulk_bytes": size}
+        out = {"bulk_s": times, "small_s": rtts, "bulk_bytes": size,
+               "client_cpu_s": time.process_time() - cpu0}
     finally:
         proc.join(30)
         if proc.is_alive():
@@ -202,12 +215,16 @@ def bench_cipher(size: int, runs: int) -> float:
 
 def summarize(r: dict) -> dict:
     bulk = r["bulk_s"]
-    return {
+    out = {
         "bulk_MBps": r["bulk_bytes"] / statistics.median(bulk) / MB,
         "bulk_s_median": statistics.median(bulk),
         "bulk_s_min": min(bulk),
         "small_ms_median": statistics.median(r["small_s"]) * 1000,
     }
+    if "bulk_cpu_s" in r:
+        out["bulk_cpu_ms_per_response"] = r["bulk_cpu_s"] * 1000
+        out["small_cpu_ms_per_exchange"] = r["small_cpu_s"] * 1000
+    return out
 
 
 def main() -> int:
@@ -238,6 +255,10 @@ def main() -> int:
     print(f"{'  seconds per response':28} {p2p['bulk_s_median']:19.4f} s {tcp['bulk_s_median']:9.4f} s")
     print(f"{'32-byte round trip':28} {p2p['small_ms_median']:19.3f} ms {tcp['small_ms_median']:8.3f} ms"
           f" {res['ratio_small_rtt_libp2p_to_tcp']:7.1f}x")
+    print(f"\nCPU seconds, both ends together (steadier than wall time on a shared machine):"
+          f" {p2p['bulk_cpu_ms_per_response']:.1f} ms per 3.84 MB response"
+          f" ({size / p2p['bulk_cpu_ms_per_response'] / 1000:.0f} MB per CPU-second),"
+          f" {p2p['small_cpu_ms_per_exchange']:.2f} ms per 32-byte exchange")
     print(f"\nChaCha20-Poly1305 seal+open of the same bytes in Noise-sized messages, one core: "
           f"{res['cipher_seal_open_MBps']:.0f} MB/s")
     return 0

@@ -82,8 +82,14 @@ class P2PThread:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 future.set_exception(exc)
 
+        def launch() -> None:  # runs in the loop; must not raise there
+            try:
+                self._nursery.start_soon(run)
+            except RuntimeError:  # the nursery is closing: the node is stopping
+                future.set_exception(P2PError("the p2p node is not running"))
+
         try:
-            self._token.run_sync_soon(self._nursery.start_soon, run)
+            self._token.run_sync_soon(launch)
         except trio.RunFinishedError:
             raise P2PError("the p2p node is not running") from None
         return future
