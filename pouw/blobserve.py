@@ -12,6 +12,12 @@ way out: the store only holds verified blobs and every client re-hashes.
 
 ``store`` is any object with ``has(digest: bytes) -> bool`` and
 ``path(digest: bytes) -> Path`` (pouw.blobstore.BlobStore).
+
+Bounded against hostile clients (pouw.httpthread): at most
+`limits.max_connections` connections (a newcomer evicts the one waiting
+longest for its next request, or is answered 503), each request must
+arrive within `limits.request_timeout`, and a client that stops reading
+is dropped after `limits.send_timeout` without progress.
 """
 
 from __future__ import annotations
@@ -21,14 +27,16 @@ import os
 import re
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from pouw.httpthread import start_http_thread, stop_http_thread
+from pouw.httpthread import BoundedHandler, BoundedHTTPServer, ServiceLimits, start_http_thread, stop_http_thread
 
 log = logging.getLogger("pouw.blobserve")
 
 _PATH_RE = re.compile(r"^/blob/([0-9a-fA-F]{64})$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+DEFAULT_LIMITS = ServiceLimits(max_connections=64, request_timeout=10.0, send_timeout=30.0)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -56,7 +64,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return start, min(end, size - 1)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so a resumed fetch can reuse it
     server_version = "pouw-blobserve/1"
     sys_version = ""
@@ -125,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             if send_body and count:
                 try:
                     sent = self.connection.sendfile(f, start, count)
-                except (BrokenPipeError, ConnectionResetError):
+                except OSError:  # gone, reset, or stopped reading for send_timeout
                     self.close_connection = True
                     return
                 if sent != count:  # file shrank under us: the client sees a short body
@@ -133,9 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(BoundedHTTPServer):
+    pass
 
 
 class BlobServer:
@@ -144,10 +151,11 @@ class BlobServer:
     ``with BlobServer(store) as srv: url = srv.link(digest)``
     """
 
-    def __init__(self, store, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, store, host: str = "127.0.0.1", port: int = 0, *, limits: ServiceLimits = DEFAULT_LIMITS):
         if not (hasattr(store, "has") and hasattr(store, "path")):
             raise TypeError("store needs has(digest) and path(digest) methods")
         self.store = store
+        self.limits = limits
         self._addr = (host, port)
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -156,7 +164,7 @@ class BlobServer:
         if self._httpd is not None:
             raise RuntimeError("the blob server is already running")
         try:
-            httpd = _Server(self._addr, _Handler)
+            httpd = _Server(self._addr, _Handler, self.limits)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve blobs on {self._addr[0]}:{self._addr[1]}: {exc.strerror}") from exc
         httpd.store = self.store

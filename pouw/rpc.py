@@ -10,7 +10,12 @@ Response:           {"jsonrpc": "2.0", "result": ..., "id": 1}
 
 HTTP status: 200 for every JSON-RPC answer (errors included), 401 bad or
 missing credentials, 404 other paths, 405 other verbs, 411 missing
-Content-Length, 413 body over the limit.
+Content-Length, 413 body over the limit, 503 every connection slot busy.
+
+The server listens on 127.0.0.1 unless given another `host`, and is bounded
+against hostile clients (pouw.httpthread): a cap on connections, a deadline
+for each request to arrive, a body size cap, and every malformed request,
+however nested, gets a JSON-RPC error instead of silence.
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ import os
 import secrets
 import socket
 import threading
+import types
+import typing
 import urllib.parse
+from functools import lru_cache
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 
-from pouw.httpthread import start_http_thread, stop_http_thread
+from pouw.httpthread import BoundedHandler, BoundedHTTPServer, ServiceLimits, start_http_thread, stop_http_thread
 
 log = logging.getLogger("pouw.rpc")
 
@@ -40,6 +48,9 @@ COOKIE_USER = "__cookie__"
 COOKIE_NAME = ".cookie"
 DEFAULT_PORT = 8645
 DEFAULT_MAX_BODY = 1 << 20
+DRAIN_FACTOR = 4
+"""An oversized body up to this many times the limit is read and dropped, so the client sees our 413."""
+DEFAULT_LIMITS = ServiceLimits(max_connections=64, request_timeout=10.0, send_timeout=30.0)
 
 # JSON-RPC 2.0 error codes, plus pouw's application range.
 PARSE_ERROR = -32700
@@ -62,6 +73,13 @@ class RpcError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class InvalidParams(RpcError):
+    """Raise in a handler when a parameter's value is wrong: answered -32602."""
+
+    def __init__(self, message: str, data: Any = None):
+        super().__init__(message, INVALID_PARAMS, data)
 
 
 class RpcConnectionError(RpcError):
@@ -95,7 +113,7 @@ def _write_cookie(path: Path, secret: str) -> None:
     os.replace(tmp, path)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pouw-rpc/1"
     sys_version = ""
@@ -157,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         if n > self.server.max_body:
             # Drain a moderately oversized body so the client reads our 413
             # instead of a reset; anything bigger is cut off unread.
-            if n <= 64 * self.server.max_body:
+            if n <= DRAIN_FACTOR * self.server.max_body:
                 remaining = n
                 while remaining > 0:
                     got = self.rfile.read(min(remaining, 1 << 16))
@@ -170,12 +188,17 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         body = self.rfile.read(n)
+        if len(body) < n:
+            self.close_connection = True  # the client went away mid-body
+            return
         self._send_json(self.server.dispatch(body))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(BoundedHTTPServer):
+    busy_body = json.dumps(
+        {"jsonrpc": "2.0", "error": {"code": INTERNAL_ERROR, "message": "the node is busy: too many RPC connections"}, "id": None}
+    ).encode()
+    busy_content_type = "application/json"
 
 
 class RpcServer:
@@ -191,6 +214,7 @@ class RpcServer:
         datadir: str | os.PathLike = ".",
         *,
         max_body: int = DEFAULT_MAX_BODY,
+        limits: ServiceLimits = DEFAULT_LIMITS,
     ):
         for name, fn in handlers.items():
             if not callable(fn):
@@ -199,6 +223,7 @@ class RpcServer:
         self._addr = (host, port)
         self.datadir = Path(datadir)
         self.max_body = max_body
+        self.limits = limits
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._secret: str | None = None
@@ -209,7 +234,7 @@ class RpcServer:
         if self._httpd is not None:
             raise RuntimeError("the RPC server is already running")
         try:
-            httpd = _Server(self._addr, _Handler)
+            httpd = _Server(self._addr, _Handler, self.limits)
         except OSError as exc:
             raise OSError(
                 exc.errno,
@@ -256,14 +281,28 @@ class RpcServer:
         return self._httpd.server_address[1] if self._httpd else self._addr[1]
 
     @property
+    def host(self) -> str:
+        return self._addr[0]
+
+    @property
     def url(self) -> str:
         return f"http://{self._addr[0]}:{self.port}"
 
     # -- dispatch ------------------------------------------------------------
 
     def dispatch(self, body: bytes) -> dict:
+        """The JSON-RPC answer to one request body; never raises."""
+        try:
+            return self._dispatch(body)
+        except Exception as exc:  # a bug here must still answer
+            log.exception("RPC dispatch failed")
+            return _error(None, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+
+    def _dispatch(self, body: bytes) -> dict:
         try:
             req = json.loads(body)
+        except RecursionError:
+            return _error(None, PARSE_ERROR, "request is not valid JSON: nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(None, PARSE_ERROR, f"request is not valid JSON: {exc}")
         if isinstance(req, list):
@@ -271,12 +310,14 @@ class RpcServer:
         if not isinstance(req, dict):
             return _error(None, INVALID_REQUEST, "request must be a JSON object")
         rid = req.get("id")
+        if not (rid is None or isinstance(rid, (str, int, float)) and not isinstance(rid, bool)):
+            return _error(None, INVALID_REQUEST, "request id must be a string, a number or null")
         method = req.get("method")
         if not isinstance(method, str):
             return _error(rid, INVALID_REQUEST, "request needs a string 'method'")
         fn = self.handlers.get(method)
         if fn is None:
-            return _error(rid, METHOD_NOT_FOUND, f"unknown method {method!r}")
+            return _error(rid, METHOD_NOT_FOUND, f"unknown method {method[:100]!r}")
         params = req.get("params", {})
         if params is None:
             params = {}
@@ -286,25 +327,86 @@ class RpcServer:
             args, kwargs = tuple(params), {}
         else:
             return _error(rid, INVALID_PARAMS, "params must be an object or an array")
-        try:
-            inspect.signature(fn).bind(*args, **kwargs)
-        except TypeError as exc:
-            return _error(rid, INVALID_PARAMS, f"invalid params for {method}: {exc}")
-        except ValueError:
-            pass  # builtins without a signature: let the call decide
+        problem = check_params(fn, args, kwargs)
+        if problem is not None:
+            return _error(rid, INVALID_PARAMS, f"invalid params for {method}: {problem}")
+        return self._call(rid, method, fn, args, kwargs)
+
+    def _call(self, rid, method: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict:
         try:
             result = fn(*args, **kwargs)
         except RpcError as exc:
             return _error(rid, exc.code, exc.message, exc.data)
+        except RecursionError:
+            return _error(rid, INVALID_PARAMS, f"invalid params for {method}: nested too deeply")
         except Exception as exc:
             log.exception("RPC method %s failed", method)
             return _error(rid, INTERNAL_ERROR, f"{method} failed: {type(exc).__name__}: {exc}")
         try:
             json.dumps(result)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             log.error("RPC method %s returned a non-JSON result: %s", method, exc)
             return _error(rid, INTERNAL_ERROR, f"{method} returned a result that is not JSON: {exc}")
         return {"jsonrpc": "2.0", "result": result, "id": rid}
+
+
+def check_params(fn: Callable[..., Any], args: tuple, kwargs: dict) -> str | None:
+    """Why `fn(*args, **kwargs)` does not fit `fn`'s signature (names, arity, and annotated JSON
+    types: str, int, float, bool, list, dict, their unions and Optional), or None if it fits."""
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        return str(exc)
+    except ValueError:
+        return None  # builtins without a signature: let the call decide
+    for name, value in bound.arguments.items():
+        allowed = _param_types(fn).get(name)
+        if allowed is not None and not _is_json_instance(value, allowed):
+            names = " or ".join(sorted({_JSON_NAMES.get(t, t.__name__) for t in allowed}))
+            return f"{name} must be {names}, got {_JSON_NAMES.get(type(value), type(value).__name__)}"
+    return None
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+               dict: "an object", type(None): "null"}
+
+
+def _is_json_instance(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int) and float in allowed:
+        return True
+    return isinstance(value, allowed)
+
+
+@lru_cache(maxsize=None)
+def _param_types(fn: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return {}
+    out = {}
+    for name, tp in hints.items():
+        allowed = _json_types(tp)
+        if name != "return" and allowed is not None:
+            out[name] = allowed
+    return out
+
+
+def _json_types(tp: Any) -> tuple[type, ...] | None:
+    """The JSON value types an annotation admits, or None when it says nothing checkable."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_json_types(a) for a in typing.get_args(tp)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if tp is type(None):
+        return (type(None),)
+    base = origin or tp
+    if base in (str, int, float, bool, dict):
+        return (base,)
+    if base in (list, tuple):
+        return (list,)
+    return None
 
 
 def _error(rid, code: int, message: str, data: Any = None) -> dict:

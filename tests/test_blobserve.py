@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from pouw.blobserve import BlobServer, parse_range
-from pouw.blobstore import BlobError, BlobStore
+from pouw.blobstore import BlobError, BlobStore, FetchLimitError
 
 SIZE = 3 * (1 << 20) + 12345  # several 1 MiB chunks plus a tail
 
@@ -93,15 +93,14 @@ def test_fetch_into_another_store(server, blob, tmp_path):
     assert seen[-1] == SIZE
 
 
-def test_fetch_resumes_from_partial(server, blob, tmp_path):
+def test_fetch_checks_the_declared_size(server, blob, tmp_path):
     _, data, digest = blob
     dst = BlobStore(tmp_path / "dst")
-    # An earlier download stopped after 1.5 MiB.
-    (dst.partial_dir / digest.hex()).write_bytes(data[: 3 << 19])
     got = []
-    path = dst.fetch(server.link(digest), digest, progress=lambda done, total: got.append((done, total)))
+    with pytest.raises(FetchLimitError, match=f"announced {SIZE} bytes, not the declared size of {SIZE - 1} bytes"):
+        dst.fetch(server.link(digest), digest, size=SIZE - 1)
+    path = dst.fetch(server.link(digest), digest, size=SIZE, progress=lambda done, total: got.append((done, total)))
     assert hashlib.sha256(path.read_bytes()).digest() == digest
-    assert got[0][0] > 3 << 19  # resumed, did not restart from 0
     assert got[-1] == (SIZE, SIZE)
 
 
@@ -130,7 +129,7 @@ def test_parse_range_edge_cases():
 
 
 def test_blob_chunks_over_libp2p(blob, tmp_path):
-    from pouw.p2p import P2PNode, RemoteError
+    from pouw.p2p import P2PNode
     from pouw.p2p.blob import fetch_blob_from_peer, serve_blobs
 
     src, data, digest = blob
@@ -144,7 +143,7 @@ def test_blob_chunks_over_libp2p(blob, tmp_path):
             await client.connect(server.listen_addrs[0])
             path = await fetch_blob_from_peer(client, server.peer_id, digest, dst)
             assert path.read_bytes() == data
-            with pytest.raises(RemoteError, match="not found"):
+            with pytest.raises(BlobError, match="the peer answered: blob 0+ not found"):
                 await fetch_blob_from_peer(client, server.peer_id, bytes(32), dst)
             assert not dst.has(bytes(32))
 

@@ -4,6 +4,7 @@ framing limits, bans and the security protocol on offer.
 Every wait is "until a condition holds" under a generous deadline (a
 failure, not a timing measurement)."""
 
+import contextlib
 import os
 
 import pytest
@@ -287,3 +288,125 @@ def test_background_thread_for_sync_callers():
     assert not a.running and not b.running
     with pytest.raises(P2PError, match="not running"):
         ta.call(a.request, b.peer_id, "/pouw/test/rev/1", b"")
+
+
+def test_request_streams_are_reused_and_a_stale_one_is_retried(monkeypatch):
+    import pouw.p2p.reqresp as reqresp
+
+    async def body():
+        server, client = P2PNode(os.urandom(32)), P2PNode(os.urandom(32))
+        server.set_handler("/pouw/test/rev/1", lambda p, d: d[::-1])
+        async with server, client:
+            await client.connect(server.listen_addrs[0])
+            for i in range(20):
+                assert await client.request(server.peer_id, "/pouw/test/rev/1", b"ab%d" % i) == (b"ab%d" % i)[::-1]
+            # One stream carried all twenty exchanges.
+            assert len(client._pool.idle[(server.peer_id, "/pouw/test/rev/1")]) == 1
+            assert server._inbound_requests == {client.peer_id: 1}
+            # The server gives up on idle streams sooner than the client expects: the next
+            # request finds its kept stream closed and asks again on a fresh one.
+            monkeypatch.setattr(reqresp, "SERVER_IDLE", 0.2)
+            assert await client.request(server.peer_id, "/pouw/test/rev/1", b"xy") == b"yx"
+            await until(lambda: not server._inbound_requests, "the server to close the idle stream")
+            assert await client.request(server.peer_id, "/pouw/test/rev/1", b"late") == b"etal"
+
+    run(body)
+
+
+def test_responses_up_to_the_protocol_limit_and_not_beyond():
+    async def body():
+        server, client = P2PNode(os.urandom(32)), P2PNode(os.urandom(32))
+        big = os.urandom(8 << 20)
+        server.set_handler("/pouw/test/big/1", lambda p, d: big if d == b"8" else big + b"!" * (1 << 20),
+                           max_response=16 << 20)
+        async with server, client:
+            await client.connect(server.listen_addrs[0])
+            # 8 MiB is within the default response limit (8 MiB + the status byte is not; the default counts the payload).
+            client.set_limits("/pouw/test/big/1", max_request=16, max_response=(8 << 20) + 1)
+            assert await client.request(server.peer_id, "/pouw/test/big/1", b"8", timeout=60) == big
+            # 9 MiB announced: refused from the length prefix, before the body is read.
+            with pytest.raises(FrameTooLarge, match="exceeds the limit of 8388609 bytes"):
+                await client.request(server.peer_id, "/pouw/test/big/1", b"9", timeout=60)
+            assert client.score(server.peer_id) < 0
+        with pytest.raises(ValueError, match="max_response must be 1..67108864"):
+            client.set_limits("/pouw/test/big/1", max_request=16, max_response=1 << 30)
+
+    run(body)
+
+
+def test_publish_over_the_gossip_limit_is_a_clear_error():
+    from pouw.p2p import MessageTooLarge
+
+    async def body():
+        a = P2PNode(os.urandom(32))
+        async with a:
+            with pytest.raises(MessageTooLarge, match="over a request/response protocol"):
+                await a.publish(TOPIC, b"x" * (a.max_gossip_payload + 1))
+            await a.publish(TOPIC, b"x" * a.max_gossip_payload)  # no peers, but within the limit
+
+    run(body)
+
+
+def test_penalize_and_ban_from_another_thread_return_at_once():
+    import time
+
+    a, b = P2PNode(os.urandom(32)), P2PNode(os.urandom(32))
+
+    def stall(peer, data):
+        time.sleep(2)  # a handler that blocks the node's loop
+        return b"late"
+
+    a.set_handler("/pouw/test/stall/1", stall)
+    b.set_handler("/pouw/test/ping/1", lambda p, d: b"pong")
+    with P2PThread(a) as ta, P2PThread(b) as tb:
+        tb.call(b.connect, a.listen_addrs[0])
+        busy = tb.submit(b.request, a.peer_id, "/pouw/test/stall/1", b"", 10.0)
+        time.sleep(0.3)  # a's loop is now stuck in the handler
+        start = time.monotonic()
+        assert ta.penalize(b.peer_id, 30, "stale claim") == pytest.approx(-30, abs=1)
+        ta.penalize(b.peer_id, "old order", 10)  # (peer, reason, points) is still understood
+        ta.ban(b.peer_id, 60, "invalid sync answer")
+        assert time.monotonic() - start < 0.5
+        assert a.is_banned(b.peer_id) and "invalid sync answer" in a.bans()[str(b.peer_id)]["reason"]
+        assert a.score(b.peer_id) < -35
+        # The stalled request is not answered: the ban applied first once the loop was free.
+        with pytest.raises(P2PError, match="closed the stream without answering"):
+            busy.result(10)
+        # Once the loop is free the ban takes effect on the network.
+        deadline = time.monotonic() + DEADLINE
+        while b.peer_id in a.host.get_connected_peers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.peer_id not in a.host.get_connected_peers()
+        with pytest.raises(P2PError):
+            tb.call(b.request, a.peer_id, "/pouw/test/stall/1", b"", 5.0)
+
+
+def test_peer_connected_callbacks_and_inbound_stream_cap():
+    from pouw.p2p.node import MAX_INBOUND_REQUEST_STREAMS
+
+    async def body():
+        a, b = P2PNode(os.urandom(32)), P2PNode(os.urandom(32))
+        seen = []
+        a.on_peer_connected(seen.append)
+        a.set_handler("/pouw/test/rev/1", lambda p, d: d[::-1])
+        async with a, b:
+            await b.connect(a.listen_addrs[0])
+            await until(lambda: b.peer_id in seen, "the connect callback")
+            # Streams that never send a request: the server holds at most the cap.
+            streams = []
+            for _ in range(MAX_INBOUND_REQUEST_STREAMS):
+                streams.append(await b.open_stream(a.peer_id, "/pouw/test/rev/1"))
+            await until(lambda: a._inbound_requests.get(b.peer_id) == MAX_INBOUND_REQUEST_STREAMS, "the cap")
+            with pytest.raises(Exception):  # one more is reset at once (during or right after negotiation)
+                with trio.fail_after(DEADLINE):
+                    extra = await b.open_stream(a.peer_id, "/pouw/test/rev/1")
+                    await extra.write(encode_frame(b"q"))
+                    await read_frame(extra, 1024)
+            assert a._inbound_requests.get(b.peer_id) == MAX_INBOUND_REQUEST_STREAMS
+            for s in streams:
+                with contextlib.suppress(Exception):
+                    await s.reset()
+            await until(lambda: not a._inbound_requests, "the streams to go")
+            assert await b.request(a.peer_id, "/pouw/test/rev/1", b"ok") == b"ko"
+
+    run(body)

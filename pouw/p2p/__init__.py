@@ -1,8 +1,9 @@
 """pouw networking: a py-libp2p host with gossip, framed request/response and peer bans."""
 
-from .framing import FrameError, FrameTooLarge, P2PError, RemoteError
+from .framing import FrameError, FrameTooLarge, P2PError, RemoteError, StreamClosed
 from .node import (
     GossipConfig,
+    MessageTooLarge,
     P2PNode,
     PeerBanned,
     RequestRejected,
@@ -16,6 +17,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "GossipConfig",
+    "MessageTooLarge",
     "P2PError",
     "P2PNode",
     "PeerBanned",
@@ -23,6 +25,7 @@ __all__ = [
     "RequestRejected",
     "RequestTimeout",
     "ScoreConfig",
+    "StreamClosed",
     "Verdict",
     "as_peer_id",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,9 @@ from typing import Callable
 import msgpack
 import trio
 
-from .framing import FrameError, P2PError, encode_frame, error_frame, ok_frame, parse_response, read_frame
+from pouw.blobstore import BlobError, FetchBudget, FetchLimitError, FetchLimits
+
+from .framing import FrameError, FrameReader, P2PError, RemoteError, encode_frame, error_frame, ok_frame, parse_response
 from .node import P2PNode, PeerLike, as_peer_id
 
 log = logging.getLogger("pouw.p2p.blob")
@@ -42,11 +45,12 @@ def serve_blobs(node: P2PNode, store) -> None:
     """Answer /pouw/blob/1 requests from ``store`` (has/path, like BlobStore)."""
 
     async def handle(peer, stream) -> None:
+        reader = FrameReader(stream)
         try:
             while True:
                 try:
                     with trio.fail_after(IDLE_TIMEOUT):
-                        raw = await read_frame(stream, MAX_REQUEST)
+                        raw = await reader.read_frame(MAX_REQUEST)
                 except (FrameError, trio.TooSlowError):
                     return  # end of session (EOF, reset, idle or oversize)
                 try:
@@ -58,7 +62,7 @@ def serve_blobs(node: P2PNode, store) -> None:
                     if offset < 0 or not 0 < length <= CHUNK_SIZE:
                         raise ValueError(f"length must be 1..{CHUNK_SIZE} and offset >= 0")
                 except Exception as exc:
-                    node.penalize(peer, f"malformed blob request: {exc}", 5)
+                    node.penalize(peer, 5, f"malformed blob request: {exc}")
                     await stream.write(error_frame(f"malformed blob request: {exc}"))
                     return
                 reply = await trio.to_thread.run_sync(_read_chunk, store, digest, offset, length)
@@ -87,78 +91,139 @@ def _read_chunk(store, digest: bytes, offset: int, length: int) -> bytes:
     return ok_frame(size.to_bytes(8, "big") + chunk)
 
 
+class PeerBlobError(BlobError, P2PError):
+    """Fetching a blob from a peer failed; FetchLimitError (also a BlobError) when a limit was hit."""
+
+
+class _PeerLimitError(FetchLimitError, PeerBlobError):
+    """A peer broke a fetch limit (size, deadline, rate, silence)."""
+
+
 async def fetch_blob_from_peer(
     node: P2PNode,
     peer: PeerLike,
     digest: bytes,
     store,
     *,
+    size: int | None = None,
     max_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    timeout: float = IDLE_TIMEOUT,
+    timeout: float | None = None,
+    limits: FetchLimits | None = None,
     pipeline: int = PIPELINE,
 ) -> Path:
-    """Download ``digest`` from ``peer`` into ``store`` (a BlobStore) and
-    return its path. Raises P2PError/RemoteError on network or peer errors
-    and pouw.blobstore.BlobError on a digest mismatch."""
+    """Download ``digest`` from ``peer`` into ``store`` (a BlobStore) and return its path.
+
+    The same bounds as an HTTP fetch (pouw.blobstore.FetchLimits): the peer
+    must offer exactly the declared `size` (or at most `max_size`), within
+    the total deadline, at the minimum average rate after the grace period,
+    never silent longer than `timeout` (default limits.silence). Every
+    failure raises PeerBlobError (a BlobError and a P2PError),
+    FetchLimitError-flavoured when a limit was hit; nothing partial is kept.
+    A peer that serves bytes which do not hash to `digest`, or chunks that
+    contradict themselves, is penalized.
+    """
     digest = bytes(digest)
     if store.has(digest):
         return store.path(digest)
     pid = as_peer_id(peer)
-    stream = await node.open_stream(pid, BLOB_PROTOCOL)
-    writer = store.writer()
-    committed = False
-    try:
-        async def ask(off: int, n: int) -> None:
-            await stream.write(encode_frame(msgpack.packb([digest, off, n])))
-
-        async def answer() -> tuple[int, bytes]:
-            with trio.fail_after(timeout):
-                payload = parse_response(await read_frame(stream, MAX_RESPONSE))
-            if len(payload) < 8:
-                raise FrameError("blob chunk response shorter than its size field")
-            return int.from_bytes(payload[:8], "big"), payload[8:]
-
-        try:
-            await ask(0, CHUNK_SIZE)
-            total, chunk = await answer()
-            if max_size is not None and total > max_size:
-                raise P2PError(f"peer {pid} offers blob {digest.hex()} of {total} bytes, over the limit of {max_size}")
-            if len(chunk) != min(CHUNK_SIZE, total):
-                raise FrameError("blob chunk of unexpected length")
-            await trio.to_thread.run_sync(writer.write, chunk)
-            done = next_off = len(chunk)
-            if progress:
-                progress(done, total)
-            pending: collections.deque[tuple[int, int]] = collections.deque()
-            while done < total:
-                while len(pending) < pipeline and next_off < total:
-                    n = min(CHUNK_SIZE, total - next_off)
-                    await ask(next_off, n)
-                    pending.append((next_off, n))
-                    next_off += n
-                off, n = pending.popleft()
-                size, chunk = await answer()
-                if size != total or len(chunk) != n:
-                    raise FrameError("blob chunk of unexpected length or changing size")
-                await trio.to_thread.run_sync(writer.write, chunk)
-                done += n
-                if progress:
-                    progress(done, total)
-        except trio.TooSlowError:
-            raise P2PError(f"peer {pid} stopped sending blob {digest.hex()}") from None
-        except FrameError as exc:
-            node.penalize(pid, f"bad blob stream: {exc}", 10)
-            raise
+    limits = limits or FetchLimits()
+    if timeout is not None:
+        limits = dataclasses.replace(limits, silence=float(timeout))
+    budget = FetchBudget(f"peer {pid} serving blob {digest.hex()[:16]}", limits, size=size, max_size=max_size)
+    with store.writer() as writer:  # leaving without a commit drops the temporary file
+        with trio.CancelScope() as scope:
+            session = _PeerSession(node, pid, digest, budget, scope)
+            await session.download(writer, pipeline, progress)
+        if scope.cancelled_caught:
+            raise _PeerLimitError(budget.violation() or f"{budget.what} broke its deadline")
         try:
             await trio.to_thread.run_sync(writer.commit, digest)
-            committed = True
-        except Exception:
-            node.penalize(pid, f"served bytes that do not match blob {digest.hex()}", 50)
-            raise
-    finally:
-        if not committed:
-            writer.discard()  # drop the temporary file; nothing half-written stays
-        with contextlib.suppress(Exception):
-            await stream.close()
+        except BlobError as exc:
+            node.penalize(pid, 50, f"served bytes that do not match blob {digest.hex()}")
+            raise PeerBlobError(f"{budget.what}: {exc}") from None
     return store.path(digest)
+
+
+class _PeerSession:
+    """One /pouw/blob/1 download: pipelined chunk requests under a FetchBudget."""
+
+    def __init__(self, node: P2PNode, pid, digest: bytes, budget: FetchBudget, scope: trio.CancelScope):
+        self.node = node
+        self.pid = pid
+        self.digest = digest
+        self.budget = budget
+        self.scope = scope
+        self.stream = None
+        self.reader: FrameReader | None = None
+
+    def _rearm(self) -> None:
+        # The scope ends the download at the earliest moment the deadline or the rate can break.
+        self.scope.deadline = trio.current_time() + max(0.0, self.budget.seconds_left())
+
+    async def download(self, writer, pipeline: int, progress) -> None:
+        self._rearm()
+        try:
+            self.stream = await self.node.open_stream(self.pid, BLOB_PROTOCOL)
+            self.reader = FrameReader(self.stream)
+        except P2PError as exc:
+            raise PeerBlobError(f"{self.budget.what}: {exc}") from None
+        try:
+            await self._pipeline(writer, pipeline, progress)
+        except FrameError as exc:
+            self.node.penalize(self.pid, 10, f"bad blob stream: {exc}")
+            raise PeerBlobError(f"{self.budget.what}: {exc}") from None
+        except RemoteError as exc:
+            raise PeerBlobError(f"{self.budget.what}: the peer answered: {exc}") from None
+        finally:
+            # Also when the deadline cancelled us: a short shielded goodbye.
+            with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(Exception):
+                await self.stream.reset()
+
+    async def ask(self, off: int, n: int) -> None:
+        await self.stream.write(encode_frame(msgpack.packb([self.digest, off, n])))
+
+    async def answer(self) -> tuple[int, bytes]:
+        with trio.move_on_after(self.budget.limits.silence) as quiet:
+            payload = parse_response(await self.reader.read_frame(MAX_RESPONSE))
+        if quiet.cancelled_caught:
+            raise _PeerLimitError(f"{self.budget.what} sent nothing for {self.budget.limits.silence:g} s")
+        if len(payload) < 8:
+            raise FrameError("blob chunk response shorter than its size field")
+        return int.from_bytes(payload[:8], "big"), payload[8:]
+
+    async def _pipeline(self, writer, pipeline: int, progress) -> None:
+        budget = self.budget
+        await self.ask(0, CHUNK_SIZE)
+        total, chunk = await self.answer()
+        try:
+            budget.expect_length(str(total))
+        except FetchLimitError as exc:
+            raise _PeerLimitError(str(exc)) from None
+        if len(chunk) != min(CHUNK_SIZE, total):
+            raise FrameError("blob chunk of unexpected length")
+        await self._take(writer, chunk, total, progress)
+        next_off = len(chunk)
+        pending: collections.deque[int] = collections.deque()
+        while budget.done < total:
+            while len(pending) < pipeline and next_off < total:
+                n = min(CHUNK_SIZE, total - next_off)
+                await self.ask(next_off, n)
+                pending.append(n)
+                next_off += n
+            n = pending.popleft()
+            size, chunk = await self.answer()
+            if size != total or len(chunk) != n:
+                raise FrameError("blob chunk of unexpected length or changing size")
+            await self._take(writer, chunk, total, progress)
+
+    async def _take(self, writer, chunk: bytes, total: int, progress) -> None:
+        try:
+            self.budget.add(len(chunk))
+            self.budget.check()
+        except FetchLimitError as exc:
+            raise _PeerLimitError(str(exc)) from None
+        await trio.to_thread.run_sync(writer.write, chunk)
+        self._rearm()
+        if progress:
+            progress(self.budget.done, total)

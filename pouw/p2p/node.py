@@ -11,6 +11,10 @@ Usage::
     async with node:                      # starts the host; stops it on exit
         await node.publish("/pouw/1/blocks", block_bytes)
         reply = await node.request(peer_id, "/pouw/req/headers/1", query)
+
+Peer scores and bans (``penalize``, ``ban``, ``is_banned``) may be used from
+any thread: they are recorded at once, and what a ban does on the network
+(disconnect, drop the peer's gossip) is handed to the node's event loop.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import enum
 import hashlib
 import inspect
 import logging
-import time
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Union
 
 import multiaddr
@@ -38,16 +42,10 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from .framing import (
-    FrameError,
-    FrameTooLarge,
-    P2PError,
-    error_frame,
-    ok_frame,
-    parse_response,
-    read_frame,
-    write_frame,
-)
+from .framing import P2PError
+from .reqresp import RequestRejected  # noqa: F401 - part of this module's API
+from .reqresp import ProtocolLimits, StreamPool, ask, close_quietly, reset_quietly, serve_stream
+from .scoring import PeerBook, ScoreConfig
 
 log = logging.getLogger("pouw.p2p")
 
@@ -60,7 +58,13 @@ GOSSIP_MAX_MESSAGE = 1 * MiB
 GOSSIP_ENVELOPE_ROOM = 4096
 
 DEFAULT_MAX_REQUEST = 1 * MiB
-DEFAULT_MAX_RESPONSE = 4 * MiB
+DEFAULT_MAX_RESPONSE = 8 * MiB
+MAX_FRAME_LIMIT = 64 * MiB
+"""No protocol may allow larger request or response frames (memory held per stream)."""
+DEFAULT_HANDLER_TIMEOUT = 30.0
+DEFAULT_REQUEST_TIMEOUT = 10.0
+MAX_INBOUND_REQUEST_STREAMS = 64
+"""Request streams one peer may hold open to us at once, all protocols together."""
 
 
 class Verdict(enum.Enum):
@@ -77,16 +81,16 @@ GossipHandler = Callable[[ID, bytes], Union[None, Awaitable[None]]]
 RequestHandler = Callable[[ID, bytes], Union[bytes, Awaitable[bytes]]]
 
 
-class RequestRejected(P2PError):
-    """Raised by a request handler to send its message back to the requester."""
-
-
 class RequestTimeout(P2PError):
-    pass
+    """No answer within the request's deadline."""
 
 
 class PeerBanned(P2PError):
-    pass
+    """The peer is banned: no requests to it, no streams from it."""
+
+
+class MessageTooLarge(P2PError, ValueError):
+    """A gossip message over the pubsub frame limit; large data goes over a request/response stream."""
 
 
 @dataclass
@@ -112,28 +116,6 @@ class GossipConfig:
 
 
 @dataclass
-class ScoreConfig:
-    """Local peer scoring. Scores start at 0, penalties subtract, and the
-    score recovers toward 0 with time; at or below ban_threshold the peer
-    is banned for ban_seconds."""
-
-    invalid_gossip_penalty: float = 20.0
-    oversize_frame_penalty: float = 20.0
-    default_penalty: float = 10.0
-    ban_threshold: float = -100.0
-    ban_seconds: float = 600.0
-    recovery_per_second: float = 0.1
-
-
-@dataclass
-class _Protocol:
-    handler: RequestHandler | None
-    max_request: int
-    max_response: int
-    handler_timeout: float
-
-
-@dataclass
 class _Subscription:
     topic: str
     validator: Validator | None
@@ -141,11 +123,10 @@ class _Subscription:
     sub: Any = None
 
 
-@dataclass
-class _PeerScore:
-    score: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
-    reasons: list[str] = field(default_factory=list)
+def _check_limits(max_request: int, max_response: int) -> None:
+    for name, value in (("max_request", max_request), ("max_response", max_response)):
+        if not 0 < value <= MAX_FRAME_LIMIT:
+            raise ValueError(f"{name} must be 1..{MAX_FRAME_LIMIT} bytes, got {value}")
 
 
 def as_peer_id(peer: PeerLike) -> ID:
@@ -173,8 +154,8 @@ async def _maybe_await(value):
     return value
 
 
-class _BanNotifee(INotifee):
-    """Closes any connection a banned peer manages to open."""
+class _PeerNotifee(INotifee):
+    """Closes what a banned peer opens (connections, streams of any protocol) and reports new peers."""
 
     def __init__(self, node: "P2PNode"):
         self._node = node
@@ -184,12 +165,24 @@ class _BanNotifee(INotifee):
         if self._node.is_banned(peer):
             log.info("refusing connection from banned peer %s", peer)
             self._node._spawn(self._node._close_conn, conn)
+            return
+        for callback in list(self._node._on_connected):
+            try:
+                callback(peer)
+            except Exception:
+                log.exception("peer-connected callback failed")
 
     async def disconnected(self, network, conn) -> None:
-        return None
+        node = self._node
+        peer = conn.muxed_conn.peer_id
+        if peer not in node.host.get_connected_peers():
+            for lease in node._pool.drop_peer(peer):
+                node._spawn(reset_quietly, lease.stream)
 
     async def opened_stream(self, network, stream) -> None:
-        return None
+        peer = stream.muxed_conn.peer_id
+        if self._node.is_banned(peer):
+            await reset_quietly(stream)
 
     async def closed_stream(self, network, stream) -> None:
         return None
@@ -261,14 +254,18 @@ class P2PNode:
             validation_timeout=g.validation_timeout,
             max_inbound_rpc_size=g.max_message_size,
         )
-        self.host.get_network().register_notifee(_BanNotifee(self))
+        self.host.get_network().register_notifee(_PeerNotifee(self))
+        self.book = PeerBook(self.score_config, self.host.get_id())
         self._subs: dict[str, _Subscription] = {}
-        self._protocols: dict[str, _Protocol] = {}
-        self._bans: dict[ID, tuple[float, str]] = {}
-        self._scores: dict[ID, _PeerScore] = {}
+        self._protocols: dict[str, ProtocolLimits] = {}
+        self._pool = StreamPool()
+        self._inbound_requests: dict[ID, int] = {}
+        self._on_connected: list[Callable[[ID], None]] = []
         self._known: dict[ID, list] = {p.peer_id: list(p.addrs) for p in self._bootstrap}
         self._nursery: trio.Nursery | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread: int | None = None
         self._running = False
 
     # ------------------------------------------------------------------ identity
@@ -311,6 +308,8 @@ class P2PNode:
             await stack.aclose()
             raise
         self._stack = stack
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = threading.get_ident()
         self._running = True
         for sub in self._subs.values():
             await self._activate(sub)
@@ -336,6 +335,20 @@ class P2PNode:
     def _spawn(self, fn, *args) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
+
+    def _in_loop(self, fn: Callable[..., None], *args) -> None:
+        """Run `fn(*args)` in the node's event loop: now if this is its thread, else as soon as it can."""
+        if not self._running or self._token is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+    def on_peer_connected(self, callback: Callable[[ID], None]) -> None:
+        """Call `callback(peer_id)` (in the node's loop; it must not block) whenever a peer that is not banned connects."""
+        self._on_connected.append(callback)
 
     # ------------------------------------------------------------------ peers
 
@@ -386,12 +399,10 @@ class P2PNode:
         next_dial = trio.current_time() + self.reconnect_interval
         while True:
             await trio.sleep(0.5)
-            now = time.monotonic()
-            for peer, (until, _reason) in list(self._bans.items()):
-                if until <= now:
-                    del self._bans[peer]
-                    self.pubsub.remove_from_blacklist(peer)
-                    log.info("ban on peer %s expired", peer)
+            for peer in self.book.expire():
+                self.pubsub.remove_from_blacklist(peer)
+            for lease in self._pool.expired():
+                self._nursery.start_soon(close_quietly, lease.stream)
             if trio.current_time() >= next_dial:
                 next_dial = trio.current_time() + self.reconnect_interval
                 connected = set(self.host.get_connected_peers())
@@ -402,68 +413,44 @@ class P2PNode:
     # ------------------------------------------------------------------ scoring / bans
 
     def score(self, peer: PeerLike) -> float:
-        st = self._scores.get(as_peer_id(peer))
-        if st is None:
-            return 0.0
-        self._recover(st)
-        return st.score
+        return self.book.score(as_peer_id(peer))
 
-    def _recover(self, st: _PeerScore) -> None:
-        now = time.monotonic()
-        st.score = min(0.0, st.score + (now - st.updated) * self.score_config.recovery_per_second)
-        st.updated = now
-
-    def penalize(self, peer: PeerLike, reason: str, points: float | None = None) -> float:
-        """Lower a peer's score; ban it when the score crosses the threshold.
-        Returns the new score."""
-        pid = as_peer_id(peer)
-        if pid == self.peer_id:
-            return 0.0
+    def penalize(self, peer: PeerLike, points: float | str | None = None, reason: str | float | None = None) -> float:
+        """Lower a peer's score by `points` for `reason`; at the threshold the peer is banned.
+        Returns the new score. Any thread. (The older order ``penalize(peer, reason[, points])``
+        is still accepted.)"""
+        if isinstance(points, str):  # penalize(peer, reason, points)
+            points, reason = reason, points
         pts = self.score_config.default_penalty if points is None else float(points)
-        st = self._scores.setdefault(pid, _PeerScore())
-        self._recover(st)
-        st.score -= abs(pts)
-        st.reasons = (st.reasons + [reason])[-10:]
-        log.info("peer %s penalized %.0f (%s); score %.1f", pid, pts, reason, st.score)
-        if st.score <= self.score_config.ban_threshold and not self.is_banned(pid):
-            self.ban(pid, self.score_config.ban_seconds, f"score {st.score:.0f}: {reason}")
-        return st.score
+        pid = as_peer_id(peer)
+        score, banned = self.book.penalize(pid, pts, str(reason or "unspecified"))
+        if banned:
+            self._in_loop(self._apply_ban, pid)
+        return score
 
     def ban(self, peer: PeerLike, seconds: float, reason: str) -> None:
-        """Disconnect the peer and refuse it until the ban expires."""
+        """Disconnect the peer and refuse it until the ban expires (a longer ban in force is kept). Any thread."""
         pid = as_peer_id(peer)
-        if pid == self.peer_id:
-            return
-        until = time.monotonic() + float(seconds)
-        prev = self._bans.get(pid)
-        if prev is None or prev[0] < until:
-            self._bans[pid] = (until, reason)
-        log.warning("banning peer %s for %.0f s: %s", pid, seconds, reason)
-        if self._running:
-            # Drops its gossip at once, also on connections still closing.
-            self.pubsub.add_to_blacklist(pid)
-            self._spawn(self.disconnect, pid)
+        if self.book.ban(pid, seconds, reason):
+            self._in_loop(self._apply_ban, pid)
+
+    def _apply_ban(self, pid: ID) -> None:
+        # Drops its gossip at once, also on connections still closing.
+        self.pubsub.add_to_blacklist(pid)
+        for lease in self._pool.drop_peer(pid):
+            self._spawn(reset_quietly, lease.stream)
+        self._spawn(self.disconnect, pid)
 
     def unban(self, peer: PeerLike) -> None:
         pid = as_peer_id(peer)
-        if self._bans.pop(pid, None) is not None and self._running:
-            self.pubsub.remove_from_blacklist(pid)
-        st = self._scores.get(pid)
-        if st is not None:
-            st.score = 0.0
+        if self.book.unban(pid):
+            self._in_loop(self.pubsub.remove_from_blacklist, pid)
 
     def is_banned(self, peer: PeerLike) -> bool:
-        pid = as_peer_id(peer)
-        entry = self._bans.get(pid)
-        return entry is not None and entry[0] > time.monotonic()
+        return self.book.is_banned(as_peer_id(peer))
 
     def bans(self) -> dict[str, dict]:
-        now = time.monotonic()
-        return {
-            str(p): {"seconds_left": round(until - now, 1), "reason": reason}
-            for p, (until, reason) in self._bans.items()
-            if until > now
-        }
+        return self.book.bans()
 
     # ------------------------------------------------------------------ gossip
 
@@ -525,12 +512,19 @@ class P2PNode:
             except Exception:
                 log.exception("gossip handler for %s raised", sub.topic)
 
+    @property
+    def max_gossip_payload(self) -> int:
+        """Largest payload `publish` accepts: the inbound pubsub frame cap less the envelope."""
+        return self.gossip_config.max_message_size - GOSSIP_ENVELOPE_ROOM
+
     async def publish(self, topic: str, data: bytes) -> None:
-        limit = self.gossip_config.max_message_size - GOSSIP_ENVELOPE_ROOM
+        """Gossip `data` on `topic`. Raises MessageTooLarge (a P2PError and ValueError) above
+        max_gossip_payload: peers would drop the frame unseen, so it is refused here, loudly."""
+        limit = self.max_gossip_payload
         if len(data) > limit:
-            raise ValueError(
-                f"gossip message of {len(data)} bytes exceeds the {limit}-byte limit; "
-                "send large data as a blob"
+            raise MessageTooLarge(
+                f"gossip message of {len(data)} bytes on {topic} exceeds the {limit}-byte gossip limit; "
+                "gossip a header or an id and serve the body over a request/response protocol"
             )
         if not self._running:
             raise P2PError("the p2p node is not running")
@@ -555,82 +549,61 @@ class P2PNode:
         *,
         max_request: int = DEFAULT_MAX_REQUEST,
         max_response: int = DEFAULT_MAX_RESPONSE,
-        handler_timeout: float = 30.0,
+        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
     ) -> None:
-        """Serve ``protocol_id``: one framed request, one framed response per
-        stream. ``handler(peer_id, request) -> bytes`` may raise
-        RequestRejected(msg) to send ``msg`` back as the error."""
-        self._protocols[protocol_id] = _Protocol(handler, max_request, max_response, handler_timeout)
+        """Serve ``protocol_id``: framed requests answered in order on each stream (pouw.p2p.reqresp).
+        ``handler(peer_id, request) -> bytes`` (sync or async) may raise RequestRejected(msg) to
+        send ``msg`` back as the error. `handler_timeout` bounds receiving a request, the handler,
+        and handing the answer to the peer."""
+        _check_limits(max_request, max_response)
+        self._protocols[protocol_id] = ProtocolLimits(handler, max_request, max_response, handler_timeout)
         self.host.set_stream_handler(protocol_id, self._make_stream_handler(protocol_id))
 
     def set_limits(self, protocol_id: str, *, max_request: int, max_response: int) -> None:
-        """Limits for a protocol this node only requests (no local handler)."""
+        """Limits for a protocol this node requests (for one it also serves, they replace the served ones)."""
+        _check_limits(max_request, max_response)
         p = self._protocols.get(protocol_id)
         if p is None:
-            self._protocols[protocol_id] = _Protocol(None, max_request, max_response, 30.0)
+            self._protocols[protocol_id] = ProtocolLimits(None, max_request, max_response, DEFAULT_HANDLER_TIMEOUT)
         else:
-            p.max_request, p.max_response = max_request, max_response
+            self._protocols[protocol_id] = ProtocolLimits(p.handler, max_request, max_response, p.handler_timeout)
 
-    def _limits(self, protocol_id: str) -> _Protocol:
-        return self._protocols.get(protocol_id) or _Protocol(
-            None, DEFAULT_MAX_REQUEST, DEFAULT_MAX_RESPONSE, 30.0
+    def _limits(self, protocol_id: str) -> ProtocolLimits:
+        return self._protocols.get(protocol_id) or ProtocolLimits(
+            None, DEFAULT_MAX_REQUEST, DEFAULT_MAX_RESPONSE, DEFAULT_HANDLER_TIMEOUT
         )
+
+    def _penalize_oversize(self, peer: ID, reason: str) -> None:
+        self.penalize(peer, self.score_config.oversize_frame_penalty, reason)
 
     def _make_stream_handler(self, protocol_id: str):
         async def on_stream(stream) -> None:
             peer = stream.muxed_conn.peer_id
             proto = self._protocols.get(protocol_id)
-            if proto is None or proto.handler is None or self.is_banned(peer):
-                with contextlib.suppress(Exception):
-                    await stream.reset()
+            held = self._inbound_requests.get(peer, 0)
+            if proto is None or proto.handler is None or self.is_banned(peer) or held >= MAX_INBOUND_REQUEST_STREAMS:
+                await reset_quietly(stream)
                 return
+            self._inbound_requests[peer] = held + 1
             try:
-                await self._serve_one(stream, peer, protocol_id, proto)
+                await serve_stream(stream, peer, protocol_id, proto, self.is_banned, self._penalize_oversize)
             finally:
-                with contextlib.suppress(Exception):
-                    await stream.close()
+                left = self._inbound_requests.get(peer, 1) - 1
+                if left > 0:
+                    self._inbound_requests[peer] = left
+                else:
+                    self._inbound_requests.pop(peer, None)
+                await close_quietly(stream)
 
         return on_stream
 
-    async def _serve_one(self, stream, peer: ID, protocol_id: str, proto: _Protocol) -> None:
-        try:
-            with trio.fail_after(proto.handler_timeout):
-                request = await read_frame(stream, proto.max_request)
-        except FrameTooLarge as exc:
-            self.penalize(peer, f"oversize request on {protocol_id}", self.score_config.oversize_frame_penalty)
-            with contextlib.suppress(Exception):
-                await stream.write(error_frame(f"request rejected: {exc}"))
-            return
-        except (FrameError, trio.TooSlowError) as exc:
-            log.debug("bad request on %s from %s: %s", protocol_id, peer, exc)
-            with contextlib.suppress(Exception):
-                await stream.reset()
-            return
-        try:
-            with trio.fail_after(proto.handler_timeout):
-                response = await _maybe_await(proto.handler(peer, request))
-            if not isinstance(response, (bytes, bytearray, memoryview)):
-                raise TypeError(f"handler returned {type(response).__name__}, not bytes")
-            response = bytes(response)
-            if len(response) + 1 > proto.max_response:
-                raise P2PError(f"response of {len(response)} bytes exceeds the protocol limit")
-            frame = ok_frame(response)
-        except RequestRejected as exc:
-            frame = error_frame(str(exc))
-        except trio.TooSlowError:
-            frame = error_frame("request handler timed out")
-        except Exception:
-            log.exception("request handler for %s failed", protocol_id)
-            frame = error_frame(f"internal error while handling {protocol_id}")
-        with contextlib.suppress(Exception):
-            await stream.write(frame)
-
     async def request(
-        self, peer: PeerLike, protocol_id: str, data: bytes, timeout: float = 10.0
+        self, peer: PeerLike, protocol_id: str, data: bytes, timeout: float = DEFAULT_REQUEST_TIMEOUT
     ) -> bytes:
-        """Send one request and wait for its response. Raises RemoteError
-        (peer answered with an error), RequestTimeout, FrameError, PeerBanned
-        or P2PError (cannot open the stream)."""
+        """Send one request and wait for its response, all within `timeout` seconds. Raises
+        RemoteError (peer answered with an error), RequestTimeout, FrameTooLarge (answer over the
+        protocol's max_response; the peer is penalized), FrameError, PeerBanned or P2PError
+        (cannot open the stream)."""
         pid = as_peer_id(peer)
         if self.is_banned(pid):
             raise PeerBanned(f"peer {pid} is banned")
@@ -643,25 +616,10 @@ class P2PNode:
             )
         try:
             with trio.fail_after(timeout):
-                try:
-                    stream = await self.host.new_stream(pid, [protocol_id])
-                except Exception as exc:
-                    raise P2PError(f"cannot open a {protocol_id} stream to peer {pid}: {exc}") from exc
-                try:
-                    await write_frame(stream, bytes(data))
-                    frame = await read_frame(stream, limits.max_response)
-                except FrameTooLarge:
-                    self.penalize(pid, f"oversize response on {protocol_id}", self.score_config.oversize_frame_penalty)
-                    with contextlib.suppress(Exception):
-                        await stream.reset()
-                    raise
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await stream.reset()
-                    raise
-                with contextlib.suppress(Exception):
-                    await stream.close()
-                return parse_response(frame)
+                return await ask(
+                    self._pool, self.open_stream, pid, protocol_id, bytes(data), limits,
+                    lambda: self._penalize_oversize(pid, f"oversize response on {protocol_id}"),
+                )
         except trio.TooSlowError:
             raise RequestTimeout(f"no answer from peer {pid} on {protocol_id} within {timeout} s") from None
 

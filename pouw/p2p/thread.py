@@ -1,16 +1,21 @@
 """Run a P2PNode in a background thread for synchronous callers (CLI, RPC
-handlers, tests). All node calls go through trio.from_thread with the
-node's trio token, so they run inside the node's event loop."""
+handlers, the full node's worker). Node calls go through trio.from_thread
+with the node's trio token, so they run inside the node's event loop;
+`penalize` and `ban` return at once (the node records them under a lock
+and applies the network side in its loop), and `submit` starts a call
+without waiting for it (e.g. fetch the next sync batch while this one is
+being connected)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from typing import Any, Awaitable, Callable
 
 import trio
 
 from .framing import P2PError
-from .node import P2PNode
+from .node import P2PNode, PeerLike
 
 
 class P2PThread:
@@ -21,6 +26,7 @@ class P2PThread:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._started = threading.Event()
+        self._nursery: trio.Nursery | None = None
         self._error: BaseException | None = None
 
     def start(self, timeout: float = 30.0) -> "P2PThread":
@@ -45,9 +51,11 @@ class P2PThread:
     async def _run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        async with self.node:
+        async with self.node, trio.open_nursery() as nursery:
+            self._nursery = nursery
             self._started.set()
             await self._stop.wait()
+            nursery.cancel_scope.cancel()
 
     def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run ``await fn(*args)`` in the node's loop and return its result."""
@@ -57,6 +65,42 @@ class P2PThread:
             return trio.from_thread.run(fn, *args, trio_token=self._token)
         except trio.RunFinishedError:
             raise P2PError("the p2p node is not running") from None
+
+    def submit(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> concurrent.futures.Future:
+        """Start ``await fn(*args)`` in the node's loop and return at once; the Future
+        gets its result or exception (P2PError if the node stops first)."""
+        if self._token is None or not self._started.is_set() or self._error is not None:
+            raise P2PError("the p2p node is not running")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        async def run() -> None:
+            try:
+                future.set_result(await fn(*args))
+            except trio.Cancelled:
+                future.set_exception(P2PError("the p2p node stopped before the call finished"))
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        def launch() -> None:  # runs in the loop; must not raise there
+            try:
+                self._nursery.start_soon(run)
+            except RuntimeError:  # the nursery is closing: the node is stopping
+                future.set_exception(P2PError("the p2p node is not running"))
+
+        try:
+            self._token.run_sync_soon(launch)
+        except trio.RunFinishedError:
+            raise P2PError("the p2p node is not running") from None
+        return future
+
+    def penalize(self, peer: PeerLike, points: float, reason: str) -> float:
+        """Lower `peer`'s score (ban at the threshold); returns at once with the new score."""
+        return self.node.penalize(peer, points, reason)
+
+    def ban(self, peer: PeerLike, seconds: float, reason: str) -> None:
+        """Ban `peer` for `seconds`: refused from now on; its connections close in the node's loop."""
+        self.node.ban(peer, seconds, reason)
 
     def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a plain function (e.g. node.ban) in the node's loop."""
