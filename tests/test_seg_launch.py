@@ -72,7 +72,7 @@ def test_rank_failures_surface_and_every_rank_is_reaped(tmp_path):
     spec, tspec = small_spec(), small_train_spec()
     train_ds, _ = small_data(spec)
     store = BlobStore(tmp_path / "store")
-    with pytest.raises(TrainError, match=r"rank \d .*failed: .*precision must be"):
+    with pytest.raises(TrainError, match=r"rank [01] \(pouw-train-rank[01]\) failed: .*precision must be"):
         train_on_devices(("cpu", "cpu"), spec, tspec, train_ds, SEED, time.time() + 60, store, progress=False,
                          precision="fp8")
     assert _no_ranks_left()
