@@ -34,7 +34,8 @@ from pouw.types import Block
 from fullnode.config import NodeConfig, load_or_create_p2p_seed, write_node_file
 from fullnode.core import NodeCore
 from fullnode.explorer import ExplorerServer
-from fullnode.fetch import BlobFetcher, WorkChecker
+from fullnode.fetch import BlobFetcher
+from fullnode.verification import WorkChecker
 from fullnode.gossip import GossipAdapter
 from fullnode.keys import PublisherKeyFiles
 from fullnode.metrics import NodeMetrics

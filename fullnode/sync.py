@@ -20,7 +20,8 @@ from pouw.p2p.thread import P2PThread
 from pouw.types import Block
 
 from fullnode.core import NodeCore
-from fullnode.fetch import BlobFetcher, WorkChecker
+from fullnode.fetch import BlobFetcher
+from fullnode.verification import WorkChecker
 from fullnode.messages import (
     BLOCKS_PROTOCOL,
     HEADERS_PROTOCOL,

@@ -14,7 +14,7 @@ import dataclasses
 
 import plyvel
 import pytest
-from chainutil import MemoryChain, mine_published_tasks, submit, unchecked_work, with_deep_finality
+from chainutil import MemoryChain, submit, unchecked_work, with_deep_finality
 
 from consensus.chainstate import BlockStatus, ChainState
 from consensus.fixtures import make_keypair, make_next_block, make_task, make_test_params, make_transfer

@@ -26,7 +26,7 @@ from fullnode.node import FullNode
 from pouw.encoding import encode
 from pouw.p2p.node import P2PNode
 from pouw.p2p.thread import P2PThread
-from pouw.types import Block, WorkProof
+from pouw.types import Block
 
 pytestmark = pytest.mark.slow
 

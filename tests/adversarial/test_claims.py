@@ -10,18 +10,15 @@ height is shown in a later block: its claimant's bond is forfeited.
 
 from __future__ import annotations
 
-import io
-import time
-
 import pytest
 
-from consensus.assemble import make_commit
 from consensus.chainstate import ChainState
 from consensus.clock import get_phase2_start, get_slot_start
-from consensus.fixtures import make_checkpoint_refs, make_keypair, make_next_block, make_test_params
+from consensus.fixtures import make_keypair, make_next_block, make_test_params
 from consensus.rules import compute_claim_bond
 from fullnode.core import MAX_CLAIMS_VERIFIED_PER_SLOT, NodeCore
-from fullnode.fetch import BlobFetcher, WorkChecker
+from fullnode.fetch import BlobFetcher
+from fullnode.verification import WorkChecker
 from pouw.blobstore import BlobStore
 from pouw.types import Claim
 
