@@ -52,7 +52,7 @@ RADIUS_MIN = 2
 """Smallest object radius (the small ones are the hard ones)."""
 DENSITY = (4, 2)
 """Objects asked for per image: V // (4 * r_max**d) .. V // (2 * r_max**d), at least one per foreground class."""
-PLACEMENT_ATTEMPTS = 8
+PLACEMENT_ATTEMPTS = 16
 """Candidates drawn per object; the first that overlaps no placed object is kept, else none."""
 GAP = 1
 """Least empty voxels between the bounding boxes of two objects (so the blur does not merge them)."""
