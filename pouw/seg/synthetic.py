@@ -7,14 +7,15 @@ machine and with every version of numpy, torch or MONAI. Hence:
 * Every random number is a 64-bit word of SHA-256 in counter mode
   (`compute_words`); integers are drawn from words by integer arithmetic
   only (`draw_int`). No library RNG is used.
-* Scenes are painted with integer arithmetic (int64, never near overflow),
-  so the raw image is an exact integer array. The raw float image is that
-  integer times 2**-20, exact in float32; the normalised image needs one
-  correctly rounded float64 sqrt and division per channel. No exp, log,
-  trigonometry, library blur or float reduction whose order could vary.
+* Scenes are painted with integer arithmetic (int64, far from overflow for
+  any valid ModelSpec), so the raw image is an exact integer array. The raw
+  float image is that integer times 2**-20, exact in float32; the normalised
+  image needs one correctly rounded sqrt per channel and one division per
+  voxel. No exp, log, trigonometry, library blur or float reduction whose
+  order could vary. Neither torch nor MONAI is imported.
 
 The rules, precise enough for another implementation, are in
-docs/useful_work.md ("Synthetic scenes"). Changing any constant or step
+docs/useful_work.md §9. Changing any constant or step
 below changes the standing task's data, i.e. forks the chain: such a change
 must be deliberate and come with a new DOMAIN version.
 """
@@ -72,7 +73,10 @@ class SyntheticError(ValueError):
 
 
 def _prefix(seed: bytes, index: int, stream: int) -> bytes:
-    """DOMAIN || seed || u64be(index) || u8(stream); the counter follows. Fixed-length fields after the seed keep it unambiguous."""
+    """DOMAIN || seed || u64be(index) || u8(stream), then u64be(counter) per block.
+
+    Every field after the seed has a fixed length, so the message is unambiguous.
+    """
     if not isinstance(seed, (bytes, bytearray)) or len(seed) == 0:
         raise SyntheticError("synthetic seed must be non-empty bytes")
     if not 0 <= index < 2**64:
