@@ -219,3 +219,118 @@ def test_script_writes_a_loadable_3d_dataset(tmp_path):
                  "--channels", "2"]) == 0
     ds = load_dataset(tmp_path / "s", "train", ModelSpec("unet3d", 2, 3, 4, (16, 16, 16)))
     assert ds.images.shape == (2, 2, 16, 16, 16) and set(ds.labels.unique().tolist()) == {0, 1, 2}
+
+
+# -- a second implementation, written from docs/useful_work.md §9 alone -----------------
+# Pure Python integers, math.sqrt and struct's float32 rounding: if it agrees with
+# the module bit for bit, the document is exact enough for another implementation.
+
+
+def _reference_case(seed: bytes, index: int, patch: tuple[int, ...], channels: int, classes: int):
+    import itertools
+    import math
+    import struct
+
+    def words(stream):
+        k = 0
+        while True:
+            block = hashlib.sha256(b"pouw/synthetic/v2\x00" + seed + index.to_bytes(8, "big") + bytes([stream])
+                                   + k.to_bytes(8, "big")).digest()
+            for j in range(4):
+                yield int.from_bytes(block[8 * j: 8 * j + 8], "big")
+            k += 1
+
+    scene = words(0)
+
+    def draw(lo, hi):
+        return lo + ((next(scene) * (hi - lo + 1)) >> 64)
+
+    d, K = len(patch), classes
+    r_max, r_min = max(3, min(patch) // 4), 2
+    V = math.prod(patch)
+    n_lo = max(K - 1, V // (4 * r_max**d))
+    n_hi = max(n_lo, V // (2 * r_max**d))
+    g = [1024 // (4 * s) for s in patch]
+    w = 768 // (2 * (K - 1) - 1)
+
+    def band(k):
+        return (256, 1023) if k == 0 else (256 + 2 * (k - 1) * w, 256 + 2 * (k - 1) * w + w - 1)
+
+    levels, grads = [], []
+    for _ in range(channels):
+        levels.append(draw(0, 1024))
+        grads.append([draw(-gi, gi) for gi in g])
+    n = draw(n_lo, n_hi)
+    labels = list(range(1, K)) + [draw(0, K - 1) for _ in range(n - (K - 1))]
+    placed = []
+    for lab in labels:
+        for _ in range(16):
+            fam = draw(0, 3)
+            r = draw(r_min, r_max)
+            radii = [draw(max(1, (2 * r) // 3), r) for _ in range(d)]
+            centre = [draw(ri, s - 1 - ri) for ri, s in zip(radii, patch)]
+            lo, hi = band(lab)
+            contrast = [draw(lo, hi) * (-1 if lab == 0 else 1) for _ in range(channels)]
+            stripe = (draw(0, d - 1), draw(2, 4)) if draw(0, 1) else None
+            if stripe:
+                stripe = (*stripe, draw(0, 2 * stripe[1] - 1))
+            obj = (lab, fam, centre, radii, contrast, stripe)
+            if all(any(abs(c - c2) > r_ + r2 + 1 for c, c2, r_, r2 in zip(centre, o[2], radii, o[3])) for o in placed):
+                placed.append(obj)
+                break
+    noise_amp = [draw(2, 8) for _ in range(channels)]
+
+    def covers(fam, o, r):
+        P, Q = math.prod(r), math.prod(x * x for x in r)
+        if fam == 1:
+            return True
+        if fam == 0:
+            return sum(oi * oi * (Q // (ri * ri)) for oi, ri in zip(o, r)) <= Q
+        if fam == 3:
+            return sum(abs(oi) * (P // ri) for oi, ri in zip(o, r)) <= P
+        t = max(1, min(r) // 3)
+        return sum(abs(oi) > t for oi in o) <= 1
+
+    voxels = list(itertools.product(*[range(s) for s in patch]))
+    clean = [{x: levels[c] + sum(grads[c][i] * (2 * x[i] - (patch[i] - 1)) for i in range(d)) for x in voxels}
+             for c in range(channels)]
+    label = {x: 0 for x in voxels}
+    for lab, fam, centre, radii, contrast, stripe in placed:
+        for x in voxels:
+            o = [xi - ci for xi, ci in zip(x, centre)]
+            if all(abs(oi) <= ri for oi, ri in zip(o, radii)) and covers(fam, o, radii):
+                label[x] = lab
+                for c in range(channels):
+                    k = contrast[c]
+                    half = (abs(k) // 2) * (1 if k >= 0 else -1)
+                    on = stripe and ((o[stripe[0]] + radii[stripe[0]] + stripe[2]) // stripe[1]) % 2 == 1
+                    clean[c][x] += k - (half if on else 0)
+    out = []
+    for c in range(channels):
+        a = clean[c]
+        for i in range(d):
+            def nb(x, step, i=i):
+                y = list(x)
+                y[i] = min(max(y[i] + step, 0), patch[i] - 1)
+                return tuple(y)
+            a = {x: a[nb(x, -1)] + 2 * a[x] + a[nb(x, 1)] for x in voxels}
+        ws = words(1 + c)
+        image = {}
+        for x in voxels:  # C order
+            wv = next(ws)
+            ih = sum((wv >> s) & 0xFFFF for s in (0, 16, 32, 48)) - 131070
+            image[x] = a[x] * 2 ** (20 - 10 - 2 * d) + noise_amp[c] * ih
+        s1, s2 = sum(image.values()), sum(v * v for v in image.values())
+        root = math.sqrt(float(V * s2 - s1 * s1))
+        out.append([struct.unpack("f", struct.pack("f", float(V * image[x] - s1) / root))[0] for x in voxels])
+    return out, [label[x] for x in voxels]
+
+
+@pytest.mark.parametrize("patch, channels, classes", [((16, 24), 2, 3), ((8, 8, 16), 1, 4)])
+def test_a_second_implementation_from_the_docs_agrees_bit_for_bit(patch, channels, classes):
+    spec = ModelSpec("unet2d" if len(patch) == 2 else "unet3d", channels, classes, 4, patch)
+    for index in range(3):
+        ref_images, ref_labels = _reference_case(SEED, index, patch, channels, classes)
+        img, lab = synthetic.make_normalised_case(SEED, index, spec)
+        assert lab.ravel().tolist() == ref_labels
+        assert np.array_equal(img.reshape(channels, -1), np.array(ref_images, dtype=np.float32))
