@@ -1,20 +1,26 @@
 """The standing task's synthetic generator (pouw.seg.synthetic): exact, self-contained, deterministic."""
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from consensus.genesis import make_devnet_params, make_main_params
+from pouw.blobstore import BlobStore
 from pouw.seg import synthetic
 from pouw.seg.data import (
     DataError, compute_dataset_digest, compute_normalised, load_dataset, make_synthetic_case, synthetic_dataset,
     write_synthetic_dataset_dir,
 )
 from pouw.seg.spec import ModelSpec
+from pouw.seg.train import replay_epoch, train
+from pouw.seg.verify import REPLAY_TOLERANCE
+from pouw.seg.weights import decode_checkpoint, decode_model
 
 SEED = bytes(range(32))
 SPEC_2D = ModelSpec("unet2d", 1, 3, 8, (32, 32))
@@ -334,3 +340,25 @@ def test_a_second_implementation_from_the_docs_agrees_bit_for_bit(patch, channel
         img, lab = synthetic.make_normalised_case(SEED, index, spec)
         assert lab.ravel().tolist() == ref_labels
         assert np.array_equal(img.reshape(channels, -1), np.array(ref_images, dtype=np.float32))
+
+
+# -- the devnet standing task against the spot check ----------------------------------------
+
+
+def test_devnet_standing_epochs_replay_at_another_thread_count(tmp_path):
+    """Trained on 2 threads, replayed on 1: far inside REPLAY_TOLERANCE (8 steps an epoch keep rounding small)."""
+    standing = make_devnet_params(genesis_time=0).standing_task
+    assert standing.train_count // standing.train.batch_size == 8
+    data = synthetic_dataset(SEED, standing.train_count, standing.model)
+    store = BlobStore(tmp_path)
+    tspec = dataclasses.replace(standing.train, max_epochs=3)
+    r = train(standing.model, tspec, data, SEED, time.time() + 300, store, progress=False, num_threads=2)
+
+    def flat(state):
+        return torch.cat([v.flatten().double() for _, v in sorted(state.items()) if v.is_floating_point()])
+
+    for e in (1, 3):
+        prev, cur = (decode_checkpoint(store.get_bytes(r.checkpoint_digests[i])) for i in (e - 1, e))
+        before, after = flat(decode_model(prev.model_file, standing.model)), flat(decode_model(cur.model_file, standing.model))
+        replayed = flat(replay_epoch(prev, data, num_threads=1))
+        assert float((replayed - after).norm() / (after - before).norm()) < REPLAY_TOLERANCE / 5
