@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Write a MONAI synthetic segmentation dataset folder (MSD / nnU-Net layout).
+"""Write a synthetic segmentation dataset folder (MSD / nnU-Net layout).
 
-    python scripts/make_synthetic_dataset.py OUT_DIR [--train 32] [--test 8] [--size 64 64]
-        [--classes 2] [--format .nii.gz|.png|.tif] [--seed TEXT]
+    python scripts/make_synthetic_dataset.py OUT_DIR [--train 32] [--test 8] [--size 64 64 [D]]
+        [--classes 2] [--channels 1] [--format .nii.gz|.nii|.png|.tif] [--seed TEXT]
 
-Same generator as the chain's standing task (pouw.seg.data.make_synthetic_case).
+Same generator as the chain's standing task (pouw.seg.synthetic): case i of
+the training split is drawn from seed SHA-256(TEXT) + b"/train", of the test
+split from SHA-256(TEXT) + b"/test". Images are the raw intensities (the
+loader normalises them); PNG maps 0..2.55 to 0..255.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pouw.seg.data import write_synthetic_dataset_dir  # noqa: E402
-from pouw.seg.spec import ModelSpec  # noqa: E402
+from pouw.seg.spec import ModelSpec, SpecError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", default="pouw-synthetic")
     args = ap.parse_args(argv)
     arch = "unet2d" if len(args.size) == 2 else "unet3d"
-    spec = ModelSpec(arch, args.channels, args.classes, 8, tuple(args.size))
+    try:
+        spec = ModelSpec(arch, args.channels, args.classes, 8, tuple(args.size))
+    except SpecError as exc:
+        ap.error(str(exc))
     seed = hashlib.sha256(args.seed.encode()).digest()
     out = write_synthetic_dataset_dir(args.out_dir, seed, args.train, args.test, spec, suffix=args.format)
     print(f"wrote {args.train} training and {args.test} test cases to {out}")

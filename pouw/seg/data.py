@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pouw.seg import synthetic
 from pouw.seg.spec import ModelSpec
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
@@ -700,47 +701,29 @@ def _guess_spatial_dims(arr: np.ndarray, channels: int) -> int:
 
 
 # -- synthetic data -------------------------------------------------------------
+# The generator is pouw.seg.synthetic (a consensus rule: SHA-256 counter-mode
+# randomness, integer painting); these wrappers give it the dataset shapes.
 
 
-def compute_case_seed(seed: bytes, index: int) -> int:
-    """A 32-bit numpy seed for synthetic case `index` of `seed` (cases are independent)."""
-    return int.from_bytes(hashlib.sha256(b"pouw/synthetic/v1\x00" + bytes(seed) + index.to_bytes(8, "big")).digest()[:4], "big")
+def make_synthetic_case(seed: bytes, index: int, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One raw synthetic image (C, *patch), float32, and its int64 label map."""
+    try:
+        return synthetic.make_synthetic_case(seed, index, spec)
+    except synthetic.SyntheticError as exc:
+        raise DataError(str(exc)) from None
 
 
-def make_synthetic_case(seed: bytes, index: int, spec: ModelSpec, noise_max: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """One raw synthetic image (C, *patch) and label map, from MONAI's generator."""
-    from monai.data.synthetic import create_test_image_2d, create_test_image_3d
-
-    rs = np.random.RandomState(compute_case_seed(seed, index))
-    side = min(spec.patch_size)
-    rad_max = max(3, side // 4)
-    rad_min = max(2, rad_max // 3)
-    n_fg = spec.num_classes - 1
-    if spec.spatial_dims == 2:
-        img, lab = create_test_image_2d(*spec.patch_size, num_objs=12, rad_max=rad_max, rad_min=rad_min,
-                                        noise_max=noise_max, num_seg_classes=n_fg, random_state=rs)
-    else:
-        img, lab = create_test_image_3d(*spec.patch_size, num_objs=12, rad_max=rad_max, rad_min=rad_min,
-                                        noise_max=noise_max, num_seg_classes=n_fg, random_state=rs)
-    # Extra channels: the same scene with independent noise.
-    chans = [img] + [img + rs.uniform(0, noise_max, size=img.shape) for _ in range(spec.in_channels - 1)]
-    return np.stack(chans).astype(np.float32), np.asarray(lab).astype(np.int64)
-
-
-def synthetic_dataset(seed: bytes, count: int, spec: ModelSpec, noise_max: float = 0.2) -> SegDataset:
-    """`count` MONAI synthetic cases, deterministic from `seed` (no files needed)."""
+def synthetic_dataset(seed: bytes, count: int, spec: ModelSpec) -> SegDataset:
+    """`count` synthetic cases, deterministic from `seed`, normalised exactly (no files needed)."""
     if not isinstance(seed, (bytes, bytearray)) or len(seed) == 0:
         raise DataError("synthetic dataset seed must be non-empty bytes")
     if count < 1:
         raise DataError("synthetic dataset needs at least one case")
-    images, labels = [], []
-    for i in range(count):
-        img, lab = make_synthetic_case(seed, i, spec, noise_max)
-        img, lab = preprocess_case(img, lab, spec)
-        images.append(img)
-        labels.append(lab[None])
+    cases = [synthetic.make_normalised_case(bytes(seed), i, spec) for i in range(count)]
+    images = np.stack([img for img, _ in cases])
+    labels = np.stack([lab[None] for _, lab in cases])
     names = tuple(f"synthetic_{i:04d}" for i in range(count))
-    return SegDataset(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), names, spec.num_classes)
+    return SegDataset(torch.from_numpy(images), torch.from_numpy(labels), names, spec.num_classes)
 
 
 # -- writing dataset folders -----------------------------------------------------
@@ -812,13 +795,14 @@ def write_dataset_dir(
 
 
 def write_synthetic_dataset_dir(out_dir: Path | str, seed: bytes, n_train: int, n_test: int, spec: ModelSpec,
-                                suffix: str = ".nii.gz", noise_max: float = 0.2) -> Path:
-    """A synthetic dataset folder (raw, unnormalised intensities) for tests and the devnet."""
+                                suffix: str = ".nii.gz") -> Path:
+    """A synthetic dataset folder (raw, unnormalised intensities) for tests, examples and the devnet."""
     def cases(tag: bytes, n: int, prefix: str):
         for i in range(n):
-            img, lab = make_synthetic_case(seed + tag, i, spec, noise_max)
+            img, lab = make_synthetic_case(seed + tag, i, spec)
             if suffix == ".png":
-                img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+                # Raw intensities lie around 0..2.5 with noise; map 0..2.5 to 0..250.
+                img = (np.clip(img, 0.0, 2.55) * 100).round().astype(np.uint8)
             yield f"{prefix}_{i:03d}", img, lab
 
     return write_dataset_dir(

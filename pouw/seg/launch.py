@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import queue
 import time
 import traceback
 from pathlib import Path
