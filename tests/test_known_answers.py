@@ -164,3 +164,34 @@ def test_replay_seed_and_segments():
     assert seed.hex() == REPLAY_SEED
     checkpoints = [CheckpointRef(bytes([i]) * 32, 100, (i * 7919) % 101) for i in range(26)]
     assert compute_replay_segments(seed, checkpoints, 2, 1) == REPLAY_SEGMENTS
+
+
+PUBLIC_KEY = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+"""KeyPair.from_seed(SEED).public_key (Ed25519)."""
+COMMIT_BINDING = "92b1ce62d5311a5cd3ab10bf7598fcc2c1ff7400b7e0b87b7184f376129e0c39"
+"""compute_commit_binding(model digest SEED, PUBLIC_KEY)."""
+BODY_ROOT = "3ff7ed4661a8e3dbefdeb5d0bb9c2857ae42ca289764ff5b0c490182a01268b8"
+"""compute_body_root_of a signed commit, a work proof, one key reveal, no transactions, no evidence (below)."""
+
+
+def test_commit_binding():
+    from consensus.rules import compute_commit_binding
+    from pouw.keys import KeyPair
+
+    keypair = KeyPair.from_seed(SEED)
+    assert keypair.public_key.hex() == PUBLIC_KEY
+    assert compute_commit_binding(SEED, keypair.public_key).hex() == COMMIT_BINDING
+
+
+def test_body_root():
+    from consensus.assemble import make_commit
+    from consensus.rules import compute_body_root_of, compute_merkle_root
+    from pouw.keys import KeyPair
+    from pouw.types import CheckpointRef, KeyReveal, WorkProof
+
+    checkpoints = (CheckpointRef(b"\x01" * 32, 1000, 0), CheckpointRef(b"\x02" * 32, 1000, 12345))
+    commit = make_commit(KeyPair.from_seed(SEED), 7, 9, SEED[::-1], SEED, checkpoints)  # Ed25519 signs deterministically
+    work = WorkProof(SEED, 5000, checkpoints, ("http://127.0.0.1:1",), 812_345)
+    reveals = (KeyReveal(SEED[::-1], 1, b"\x07" * 32),)
+    empty = compute_merkle_root([])
+    assert compute_body_root_of(commit, work, reveals, empty, empty).hex() == BODY_ROOT
