@@ -3,7 +3,8 @@
     <datadir>/params.json   the network's ChainParams (hex of their encoding) and name
     <datadir>/chain/        LevelDB chain database
     <datadir>/blobs/        content-addressed blob store
-    <datadir>/work/         decrypted task datasets (a cache; safe to delete)
+    <datadir>/work/         decrypted task datasets (a cache; safe to delete; pruned with final tasks)
+    <datadir>/prune.json    how far the best chain's blobs are pruned
     <datadir>/p2p.key       the node's libp2p identity seed (mode 0600)
     <datadir>/taskkeys/     keys the node reveals for its publishers (mode 0700)
     <datadir>/.cookie       RPC cookie while the node runs
@@ -63,6 +64,9 @@ class NodeConfig:
     """Port of the Prometheus metrics endpoint (None: none; 0: any free port)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds to."""
+    prune: bool = True
+    """Delete blobs nobody needs from this node any more (losing claims after their slot, the winner's checkpoints and
+    its task's data once final; the winning model stays); False (`--keep-all`) keeps every blob."""
 
 
 def save_params(datadir: Path, params: ChainParams) -> Path:
@@ -146,6 +150,7 @@ CONF_KEYS: dict[str, ConfKey] = {
     "explorer-host": ConfKey("str"),
     "metrics-port": ConfKey("port"),
     "metrics-host": ConfKey("str"),
+    "prune": ConfKey("bool"),
 }
 """The keys of pouw.conf: the long flags of `pouw node start`, without dashes in front."""
 

@@ -95,6 +95,10 @@ def apply_conf(ctx: click.Context, opts: dict, conf: dict) -> dict:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics at /metrics on this port (0: any; default: none).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint listens on.")
+@click.option("--prune/--keep-all", "prune", default=True, show_default=True,
+              help="Delete blobs nobody needs from this node any more: losing claims' models and checkpoints after their "
+                   "slot, the winner's checkpoints and its task's data once final (the winning model stays); "
+                   "--keep-all keeps every blob (an archive that can serve old blocks' checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
 @click.pass_context
 def start(ctx: click.Context, **opts) -> None:
@@ -141,6 +145,7 @@ def start(ctx: click.Context, **opts) -> None:
             explorer_host=opts["explorer_host"],
             metrics_port=opts["metrics_port"],
             metrics_host=opts["metrics_host"],
+            prune=opts["prune"],
         )
         full_node = FullNode(config, log_fn=emit).start()
     except (ConfigError, StoreError, OSError, ValueError) as exc:
