@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ class FetchedWork:
     """The block."""
     digests: frozenset[bytes]
     """Its model and checkpoint digests the node wanted (present before or fetched)."""
+    recorded_at: float
+    """When they were last asked for (time.time())."""
 
 
 def is_network_link(link: str) -> bool:
@@ -213,6 +216,7 @@ class BlobFetcher:
     def record_work(self, wants: list[BlobWant]) -> None:
         """Remember which block wanted each model and checkpoint blob (bounded: the oldest blocks are forgotten)."""
         by_block: dict[BlockTag, set[bytes]] = {}
+        now = time.time()
         for want in wants:
             if want.block is not None:
                 by_block.setdefault(want.block, set()).add(want.digest)
@@ -222,7 +226,7 @@ class BlobFetcher:
                 if old is not None:
                     self._recorded -= len(old.digests)
                     digests |= old.digests
-                self._fetched_work[tag.block_hash] = FetchedWork(tag, frozenset(digests))
+                self._fetched_work[tag.block_hash] = FetchedWork(tag, frozenset(digests), now)
                 self._recorded += len(digests)
             while self._recorded > MAX_RECORDED_DIGESTS and self._fetched_work:
                 _, dropped = self._fetched_work.popitem(last=False)

@@ -7,7 +7,9 @@ and with the encrypted datasets of every task. The rules
 
   * a block that **lost** its height (not on the best chain once its slot is
     over, unless it still extends the tip and may win the next height) or
-    **failed** verification: its model and checkpoints go after its slot;
+    **failed** verification: its model and checkpoints go after its slot
+    (a block not yet judged keeps them: its verification may be reading
+    them; one still missing an hour after its last fetch loses them);
   * a best-chain block that became **final** (`finality_depth` blocks below
     the tip: the node never reorganises past it): its checkpoints go, and so
     do its task's dataset blobs and their decrypted copy in the work cache;
@@ -40,7 +42,7 @@ from typing import Callable, Iterable
 from consensus.chainstate import INDEX_VALID, ChainState
 from consensus.clock import get_phase_point
 from consensus.rules import get_task_submission
-from pouw.blobstore import BlobError, BlobStore
+from pouw.blobstore import BlobStore
 from pouw.types import Block, ChainParams, TaskSubmission
 
 from fullnode.core import NodeCore
@@ -50,6 +52,8 @@ log = logging.getLogger("pouw.prune")
 
 PRUNE_FILE = "prune.json"
 """Where a node remembers how far its best chain is pruned (in its data directory)."""
+UNDECIDED_SECONDS = 3600.0
+"""A block whose blobs were asked for this long ago and that still has no verdict (missing) loses its partial download."""
 DISK_USE_MAX_AGE = 5.0
 """Seconds a measured disk use is reported before it is measured again."""
 
@@ -102,37 +106,64 @@ def is_live_claim(tag: BlockTag, chain: ChainState) -> bool:
     return tag.height == chain.tip_height + 1 and tag.prev_hash == chain.tip_hash
 
 
+def is_decided(tag: BlockTag, chain: ChainState) -> bool:
+    """True once the node judged a block: stored (its work was checked) or known invalid.
+
+    A block with no verdict may be under verification right now, reading the
+    blobs pruning would delete, or missing some of them.
+    """
+    return chain.get_index(tag.block_hash) is not None or chain.get_invalid_reason(tag.block_hash) is not None
+
+
+def is_losing_block(entry: FetchedWork, chain: ChainState, slot: int, undecided_before: float) -> bool:
+    """True when a block off the best chain can no longer need its model and checkpoints from this node."""
+    tag = entry.block
+    if tag.slot >= slot:
+        return False  # its slot is not over
+    if not is_decided(tag, chain):
+        return entry.recorded_at < undecided_before  # long missing: its partial download goes
+    return chain.get_invalid_reason(tag.block_hash) is not None or not is_live_claim(tag, chain)
+
+
+def get_window_digests(chain: ChainState, params: ChainParams, state, first: int, last: int) -> set[bytes]:
+    """Every blob of the best chain's heights first..last: models, checkpoints and their tasks' data."""
+    out: set[bytes] = set()
+    for height in range(first, last + 1):
+        block = chain.get_block_at(height)
+        out.update(get_work_digests(block))
+        task = get_task_submission(state, params, block.header.task_id)
+        if task is not None:
+            out.update(get_dataset_digests(task))
+    return out
+
+
 def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pruned_through: int,
                        fetched: Iterable[FetchedWork], kept_tasks: Iterable[TaskSubmission],
-                       winning_models: Iterable[bytes]) -> PrunePlan:
+                       winning_models: Iterable[bytes], undecided_before: float = float("-inf")) -> PrunePlan:
     """The blobs to delete now (see the module doc); reads the chain under its lock, changes nothing.
 
     `slot` is the current slot by the clock; `pruned_through` the best-chain
     height up to which an earlier pass pruned; `fetched` the blocks whose
     model and checkpoints the node asked for; `kept_tasks` the tasks whose
-    dataset blobs must stay; `winning_models` the models of final heights.
+    dataset blobs must stay; `winning_models` the models of final heights;
+    a block still without a verdict is dealt with only when its blobs were
+    asked for before `undecided_before` (a time.time()).
     """
     with chain.lock:
         state = chain.state()
         tip = chain.tip_height
         final_top = max(0, tip - params.finality_depth)
-        keep: set[bytes] = set()
-        for height in range(final_top + 1, tip + 1):
-            block = chain.get_block_at(height)
-            keep.update(get_work_digests(block))
-            task = get_task_submission(state, params, block.header.task_id)
-            if task is not None:
-                keep.update(get_dataset_digests(task))
+        keep = set(winning_models) | get_window_digests(chain, params, state, final_top + 1, tip)
+        for task in kept_tasks:
+            keep.update(get_dataset_digests(task))
         candidates: set[bytes] = set()
         final_tasks: list[bytes] = []
         for height in range(max(1, pruned_through + 1), final_top + 1):
             block = chain.get_block_at(height)
-            digests = get_work_digests(block)
-            keep.update(digests[:1])
-            candidates.update(digests[1:])
+            keep.update(get_work_digests(block)[:1])  # the winning model stays
+            candidates |= get_window_digests(chain, params, state, height, height)
             task = get_task_submission(state, params, block.header.task_id)
             if task is not None:
-                candidates.update(get_dataset_digests(task))
                 final_tasks.append(task.task_id)
         done: list[bytes] = []
         losers = 0
@@ -143,12 +174,10 @@ def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pru
                     keep.update(get_work_digests(chain.get_block(tag.block_hash))[:1])
                     candidates.update(entry.digests)
                     done.append(tag.block_hash)
-                continue
-            if tag.slot >= slot or (chain.get_invalid_reason(tag.block_hash) is None and is_live_claim(tag, chain)):
-                continue
-            candidates.update(entry.digests)
-            done.append(tag.block_hash)
-            losers += 1
+            elif is_losing_block(entry, chain, slot, undecided_before):
+                candidates.update(entry.digests)
+                done.append(tag.block_hash)
+                losers += 1
         return PrunePlan(frozenset(candidates - keep), tuple(final_tasks), tuple(done), max(pruned_through, final_top), losers)
 
 
@@ -176,7 +205,7 @@ def get_stored_side_blocks(chain: ChainState) -> list[FetchedWork]:
             if block is None or block.body.work is None:
                 continue
             tag = BlockTag(block_hash, index.prev_hash, index.height, index.slot)
-            out.append(FetchedWork(tag, frozenset(get_work_digests(block))))
+            out.append(FetchedWork(tag, frozenset(get_work_digests(block)), 0.0))
     return out
 
 
@@ -219,6 +248,7 @@ class Pruner:
         plan = compute_prune_plan(
             self.core.chain, self.params, slot=get_phase_point(self.params, now).slot, pruned_through=self.pruned_through,
             fetched=fetched, kept_tasks=get_kept_tasks(self.core), winning_models=self._winning_models,
+            undecided_before=now - UNDECIDED_SECONDS,
         )
         count, freed = self._delete(plan.delete)
         for task_id in plan.final_tasks:
@@ -237,13 +267,10 @@ class Pruner:
     def _delete(self, digests: Iterable[bytes]) -> tuple[int, int]:
         count = freed = 0
         for digest in digests:
-            try:
-                size = self.blobs.size(digest)
-            except (BlobError, OSError):
-                continue  # never fetched, or gone already
-            self.blobs.remove(digest)
-            count += 1
-            freed += size
+            size = self.blobs.delete(digest)
+            if size is not None:  # None: never fetched, or gone already
+                count += 1
+                freed += size
         return count, freed
 
     def _learn_winning_models(self) -> None:
