@@ -17,7 +17,8 @@ from blobnodes import MinerBlobs, start_node, wait_until
 from chainutil import unchecked_work
 from consensus.fixtures import make_keypair, make_next_block, make_test_params
 from consensus.genesis import COIN
-from pouw.blobstore import BlobStore
+from miner.prefetch import fetch_blob
+from pouw.blobstore import BlobError, BlobStore
 from pouw.p2p.blob import fetch_blob_from_peer
 from pouw.p2p.node import P2PNode
 from pouw.p2p.thread import P2PThread
@@ -26,12 +27,32 @@ from pouw.seg.spec import ModelSpec, TrainSpec
 from pouw.taskpack import pack_dataset
 from pouw.types import BlobRef, TaskSubmission
 
-pytestmark = pytest.mark.slow
 
 PARAMS = make_test_params("alice")
 PUBLISHER, MINER = make_keypair("alice"), make_keypair("fetch-miner")
 
 
+def test_the_miner_prefetch_holds_a_source_to_the_declared_size(tmp_path):
+    server = MinerBlobs(tmp_path / "publisher")
+    try:
+        data = os.urandom(100_000)
+        digest = server.store.put_bytes(data)
+        link = (server.server.link(digest),)
+        store = BlobStore(tmp_path / "miner")
+        # Declared one byte short: refused on the announced length, before any byte is kept.
+        with pytest.raises(BlobError, match="not the declared size"):
+            fetch_blob(store, BlobRef(digest, len(data) - 1, bytes(32), link), None)
+        assert not store.has(digest) and list(store.tmp_dir.iterdir()) == []
+        # A bound only (`pouw task results` for checkpoints) lets a smaller blob through; the exact size too.
+        fetch_blob(store, BlobRef(digest, len(data) + 1, bytes(32), link), None, exact_size=False)
+        store.remove(digest)
+        fetch_blob(store, BlobRef(digest, len(data), bytes(32), link), None)
+        assert store.get_bytes(digest) == data
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
 def test_a_node_serves_its_blob_store_over_libp2p(tmp_path):
     node = start_node(tmp_path, "node", PARAMS)
     data = os.urandom(3 * (1 << 20) + 17)
@@ -67,6 +88,7 @@ def publish_task(tmp_path, server: MinerBlobs) -> TaskSubmission:
     ).signed_by(PUBLISHER)
 
 
+@pytest.mark.slow
 def test_a_scheduled_tasks_data_is_held_before_its_height_is_mined(tmp_path):
     publisher = MinerBlobs(tmp_path / "publisher")
     node = start_node(tmp_path, "node", PARAMS)

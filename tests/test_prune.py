@@ -19,11 +19,13 @@ from blobnodes import MinerBlobs, mine, start_node, wait_connected, wait_until
 from chainutil import unchecked_work
 from consensus.chainstate import BlockStatus, ChainState
 from consensus.fixtures import make_keypair, make_test_params
+from fullnode.config import parse_conf
 from fullnode.prune import compute_dir_bytes, get_work_digests
 from pouw.cli import main
+from pouw.blobstore import BlobStore
+from pouw.cli.node import start
 from pouw.rpc import RpcClient
 
-pytestmark = pytest.mark.slow
 
 PARAMS = make_test_params("alice", phase1_seconds=4, phase2_seconds=2)
 SLOT_SECONDS = PARAMS.phase1_seconds + PARAMS.phase2_seconds
@@ -60,6 +62,22 @@ class Mined:
         return MinerBlobs(self.root, port=self.server.port)
 
 
+@pytest.mark.parametrize("text, prune", [("prune = 0", False), ("prune = off", False), ("prune = yes", True)])
+def test_prune_is_a_conf_key_and_keep_all_its_negation(tmp_path, text, prune):
+    assert parse_conf(text, "pouw.conf", tmp_path) == {"prune": prune}
+    option = next(p for p in start.params if p.name == "prune")
+    assert option.opts == ["--prune"] and option.secondary_opts == ["--keep-all"] and option.default is True
+
+
+def test_blobstore_delete_frees_the_bytes_and_says_how_many(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    digest = store.put_bytes(b"x" * 12_345)
+    assert compute_dir_bytes(tmp_path / "blobs") == 12_345
+    assert store.delete(digest) == 12_345
+    assert not store.has(digest) and compute_dir_bytes(tmp_path / "blobs") == 0
+    assert store.delete(digest) is None  # gone already: nothing to free
+
+
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory):
     return Mined(tmp_path_factory.mktemp("mined"))
@@ -77,6 +95,7 @@ def client(node) -> RpcClient:
     return RpcClient(node.rpc.url, datadir=node.datadir, timeout=30)
 
 
+@pytest.mark.slow
 def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs_within_it(tmp_path, mined):
     miner = mined.serve()
     pruned = start_node(tmp_path, "pruned", PARAMS)
@@ -121,6 +140,7 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
         pruned.stop()
 
 
+@pytest.mark.slow
 def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tmp_path, mined):
     miner = mined.serve()
     node = start_node(tmp_path, "archive", PARAMS, prune=False)
