@@ -69,11 +69,13 @@ class FullNode:
         self.metrics = NodeMetrics()
         self.fetcher = BlobFetcher(self.blobs, on_fetched=self.metrics.record_fetch)
         self.work_checker = WorkChecker(self.params, self.blobs, self.fetcher, self.datadir / "work", config.assume_valid,
-                                        on_verified=self.metrics.record_verification)
+                                        on_verified=self.metrics.record_verification,
+                                        workers=config.verify_workers, device=config.verify_device)
         self.core = NodeCore(
             self.params, self.chain, self.work_checker,
             key_files=PublisherKeyFiles(self.datadir / "taskkeys"),
             claim_wait_seconds=config.claim_wait_seconds, log_fn=self.log, on_claim_judged=self.metrics.record_claim,
+            verify_parallelism=self.work_checker.parallelism,
         )
         # Blobs: prefetch scheduled tasks' data in Phase 1; prune after each slot unless --keep-all.
         self.prefetcher = TaskPrefetcher(self.core, self.fetcher, self.log)
@@ -94,6 +96,7 @@ class FullNode:
     def start(self) -> "FullNode":
         """Start the blob server, the p2p host, the worker and phase threads, and the RPC server."""
         cfg = self.config
+        self.work_checker.start()
         self.blob_server = BlobServer(self.blobs, host=cfg.host, port=cfg.blob_port).start()
         self.p2p = P2PNode(load_or_create_p2p_seed(self.datadir), host=cfg.host, port=cfg.p2p_port, bootstrap=cfg.bootstrap)
         serve_blobs(self.p2p, self.blobs)  # /pouw/blob/1: peers that cannot reach our HTTP blob server
@@ -109,7 +112,7 @@ class FullNode:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.host, port=cfg.rpc_port, datadir=self.datadir).start()
+        self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.rpc_host, port=cfg.rpc_port, datadir=self.datadir).start()
         self._start_watchers()
         write_node_file(self.datadir, self.describe())
         addrs = self.p2p_addrs()
@@ -137,6 +140,7 @@ class FullNode:
             self.metrics_server.stop()
         if self.rpc is not None:
             self.rpc.stop()
+        self.work_checker.close()  # a verification in flight ends without a judgement, so the worker thread can stop
         for thread in self._threads:
             thread.join(30)
         self.prefetcher.close()
