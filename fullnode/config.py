@@ -3,7 +3,8 @@
     <datadir>/params.json   the network's ChainParams (hex of their encoding) and name
     <datadir>/chain/        LevelDB chain database
     <datadir>/blobs/        content-addressed blob store
-    <datadir>/work/         decrypted task datasets (a cache; safe to delete)
+    <datadir>/work/         decrypted task datasets (a cache; safe to delete; pruned with final tasks)
+    <datadir>/prune.json    how far the best chain's blobs are pruned
     <datadir>/p2p.key       the node's libp2p identity seed (mode 0600)
     <datadir>/taskkeys/     keys the node reveals for its publishers (mode 0700)
     <datadir>/.cookie       RPC cookie while the node runs
@@ -69,6 +70,9 @@ class NodeConfig:
     """Worker processes that verify claims and blocks (0: in the node's own worker thread)."""
     verify_device: str = "cpu"
     """Where verification runs: "cpu" or "cuda:N"."""
+    prune: bool = True
+    """Delete blobs nobody needs from this node any more (losing claims after their slot, the winner's checkpoints and
+    its task's data once final; the winning model stays); False (`--keep-all`) keeps every blob."""
 
 
 def save_params(datadir: Path, params: ChainParams) -> Path:
@@ -164,6 +168,7 @@ CONF_KEYS: dict[str, ConfKey] = {
     "explorer-host": ConfKey("str"),
     "metrics-port": ConfKey("port"),
     "metrics-host": ConfKey("str"),
+    "prune": ConfKey("bool"),
 }
 """The keys of pouw.conf: the long flags of `pouw node start`, without dashes in front."""
 

@@ -26,6 +26,7 @@ from consensus.sigcheck import SignatureChecker
 from pouw.blobserve import BlobServer
 from pouw.blobstore import BlobStore
 from pouw.encoding import encode
+from pouw.p2p.blob import serve_blobs
 from pouw.p2p.node import P2PNode
 from pouw.p2p.thread import P2PThread
 from pouw.rpc import RpcServer
@@ -34,11 +35,13 @@ from pouw.types import Block
 from fullnode.config import NodeConfig, load_or_create_p2p_seed, write_node_file
 from fullnode.core import NodeCore
 from fullnode.explorer import ExplorerServer
-from fullnode.fetch import BlobFetcher
+from fullnode.fetch import BlobFetcher, PeerBlobSource
 from fullnode.verification import WorkChecker
 from fullnode.gossip import GossipAdapter
 from fullnode.keys import PublisherKeyFiles
 from fullnode.metrics import NodeMetrics
+from fullnode.prefetch import TaskPrefetcher
+from fullnode.prune import Pruner
 from fullnode.rpcapi import RpcContext, make_handlers
 from fullnode.sync import SyncAdapter
 
@@ -74,6 +77,9 @@ class FullNode:
             claim_wait_seconds=config.claim_wait_seconds, log_fn=self.log, on_claim_judged=self.metrics.record_claim,
             verify_parallelism=self.work_checker.parallelism,
         )
+        # Blobs: prefetch scheduled tasks' data in Phase 1; prune after each slot unless --keep-all.
+        self.prefetcher = TaskPrefetcher(self.core, self.fetcher, self.log)
+        self.pruner = Pruner(self.core, self.blobs, self.fetcher, self.datadir, self.log) if config.prune else None
         self.jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -93,12 +99,15 @@ class FullNode:
         self.work_checker.start()
         self.blob_server = BlobServer(self.blobs, host=cfg.host, port=cfg.blob_port).start()
         self.p2p = P2PNode(load_or_create_p2p_seed(self.datadir), host=cfg.host, port=cfg.p2p_port, bootstrap=cfg.bootstrap)
+        serve_blobs(self.p2p, self.blobs)  # /pouw/blob/1: peers that cannot reach our HTTP blob server
         self.gossip = GossipAdapter(self.core, self.p2p, self.jobs)
         self.gossip.register()
         self.sync = SyncAdapter(self.core, self.p2p, self.fetcher, self.work_checker, self.get_blob_url, self.log, self._stop.is_set)
         self.sync.register()
         self.p2p_thread = P2PThread(self.p2p).start()
         self.gossip.thread = self.sync.thread = self.p2p_thread
+        self.fetcher.peers = PeerBlobSource(self.p2p, self.p2p_thread)  # the fallback when every link fails
+        self.prefetcher.start()
         for target, name in ((self._worker_loop, "pouw-worker"), (self._phase_loop, "pouw-phase")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -134,6 +143,7 @@ class FullNode:
         self.work_checker.close()  # a verification in flight ends without a judgement, so the worker thread can stop
         for thread in self._threads:
             thread.join(30)
+        self.prefetcher.close()
         if self.p2p_thread is not None:
             self.p2p_thread.stop()
         if self.blob_server is not None:
@@ -148,7 +158,7 @@ class FullNode:
         return RpcContext(
             core=self.core, blobs=self.blobs, datadir=self.datadir, blob_url=self.get_blob_url,
             p2p_addrs=self.p2p_addrs, peer_count=self.peer_count, announce=self.gossip.publish,
-            claim_taken=self.gossip.request_verification,
+            claim_taken=self.gossip.request_verification, pruning=self.pruner is not None,
         )
 
     def describe(self) -> dict:
@@ -193,6 +203,8 @@ class FullNode:
                     self.verify_claims()
                 elif kind == "sync":
                     self.sync.sync_with_peers()
+                elif kind == "prune":
+                    self.pruner.run(time.time())
             except Exception as exc:  # a bad job must never kill the worker
                 log.exception("worker job %s failed: %s", kind, exc)
 
@@ -232,6 +244,9 @@ class FullNode:
                 self.gossip.publish("key", encode(reveal))
             if tick.verify_claims:
                 self.jobs.put(("verify", None, None))
+            self.prefetcher.poll(now)
+            if self.pruner is not None and self.pruner.is_due(now):
+                self.jobs.put(("prune", None, None))  # in the worker: never while a verification reads the blobs
             if now >= next_sync:
                 next_sync = now + SYNC_INTERVAL
                 self.jobs.put(("sync", None, None))

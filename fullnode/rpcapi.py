@@ -23,6 +23,7 @@ from pouw.rpc import RpcError
 from pouw.types import KEY_TEST, KEY_TRAIN, Block, Claim, Commit, get_tx_id
 
 from fullnode.core import NodeCore, Verdict
+from fullnode.prune import DiskUse
 from fullnode.views import tx_to_json
 
 REJECTED = -1
@@ -55,6 +56,8 @@ class RpcContext:
     """Gossip a message on a topic (tx, commit, claim)."""
     claim_taken: Callable[[float], None]
     """Tell the node a claim was admitted (it may start verification)."""
+    pruning: bool = False
+    """True when the node prunes blobs (`--prune`), False when it keeps every blob (`--keep-all`)."""
 
 
 def parse_hex(value: Any, name: str, length: int | None = None) -> bytes:
@@ -182,6 +185,7 @@ def compute_mining_info(core: NodeCore, now: float, blob_url: str | None) -> dic
 def chain_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
     """getinfo, getparams, getblock."""
     core, params = ctx.core, ctx.core.params
+    disk = DiskUse(ctx.datadir, ctx.blobs.root)
 
     def getinfo() -> dict:
         point = get_phase_point(params, time.time())
@@ -194,6 +198,7 @@ def chain_methods(ctx: RpcContext) -> dict[str, Callable[..., Any]]:
             "peers": ctx.peer_count(), "p2p_addrs": ctx.p2p_addrs(), "blob_url": ctx.blob_url(),
             "supply": status.supply, "state_checksum": core.chain.get_meta().state_checksum.hex(),
             "unselected_tasks": len(status.unselected), "mempool_size": mempool_size, "datadir": str(ctx.datadir),
+            "pruning": ctx.pruning, "disk": disk.get(),
         }
 
     def getparams() -> dict:

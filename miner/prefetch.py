@@ -4,7 +4,8 @@ The task of height h+1 is known a whole interval early (docs/protocol.md
 §4), so the miner downloads its encrypted training and test blobs while it
 mines height h; the keys come later. Sources, in order: the task's own
 links, then the node's blob server (`<blob_url>/blob/<hex>`). Every byte is
-checked against the digest by `BlobStore.fetch`.
+checked against the digest by `BlobStore.fetch`, and a source must send
+exactly the size the task declares (`BlobRef.size`).
 """
 
 from __future__ import annotations
@@ -37,15 +38,21 @@ def get_blob_sources(blob: BlobRef, node_blob_url: str | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def fetch_blob(store: BlobStore, blob: BlobRef, node_blob_url: str | None, timeout: float = 30.0) -> None:
-    """Get `blob` into `store` from the first source that delivers it; raises BlobError naming each failure."""
+def fetch_blob(store: BlobStore, blob: BlobRef, node_blob_url: str | None, timeout: float = 30.0, *,
+               exact_size: bool = True) -> None:
+    """Get `blob` into `store` from the first source that delivers it; raises BlobError naming each failure.
+
+    A source must send exactly `blob.size` bytes (the size its publisher
+    declared), or, with `exact_size=False` (a caller that knows only a bound,
+    e.g. `pouw task results` for checkpoints), at most that many.
+    """
     if store.has(blob.digest):
         return
     errors = []
+    bound = {"size": blob.size} if exact_size else {"max_size": blob.size}
     for link in get_blob_sources(blob, node_blob_url):
         try:
-            # max_size: a source may not send more than the task declared.
-            store.fetch(link, blob.digest, max_size=blob.size, timeout=timeout)
+            store.fetch(link, blob.digest, timeout=timeout, **bound)
             return
         except BlobError as exc:
             errors.append(str(exc))

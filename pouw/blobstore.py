@@ -294,9 +294,22 @@ class BlobStore:
                     with contextlib.suppress(ValueError):
                         yield bytes.fromhex(f.name)
 
+    def delete(self, digest: bytes) -> int | None:
+        """Delete a blob; returns the bytes it held, or None when it was not in the store.
+
+        Safe against a reader: a file already open stays readable until closed (POSIX unlink).
+        """
+        p = self.path(digest)
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            return None
+        return size
+
     def remove(self, digest: bytes) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(digest).unlink()
+        """Delete a blob if present (`delete` without the size)."""
+        self.delete(digest)
 
     def _existing(self, digest: bytes) -> Path:
         p = self.path(digest)

@@ -34,9 +34,26 @@ def info(node_url: str, datadir: Path, as_json: bool) -> None:
             f"supply   {format_coins(int(res.get('supply', 0)))} coins",
             f"mempool  {res.get('mempool_size')} transactions",
             f"blobs    {res.get('blob_url')}",
+            f"disk     {_disk_line(res)}",
         ]
 
     output(as_json, res, lines)
+
+
+def _disk_line(res: dict) -> str:
+    """Disk use as `pouw chain info` prints it: the chain database, the blob store, the work cache, pruning or not."""
+    disk = res.get("disk") or {}
+    parts = ", ".join(f"{name} {format_bytes(int(disk[name]))}" for name in ("chain", "blobs", "work") if name in disk)
+    mode = "pruning" if res.get("pruning") else "keeping every blob"
+    return f"{parts or 'unknown'} ({mode})"
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for people: 1.2 MB (powers of 1000) and the exact count below 1 kB."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 @chain.command("block")

@@ -122,6 +122,10 @@ def apply_conf(ctx: click.Context, opts: dict, conf: dict) -> dict:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics at /metrics on this port (0: any; default: none).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint listens on.")
+@click.option("--prune/--keep-all", "prune", default=True, show_default=True,
+              help="Delete blobs nobody needs from this node any more: losing claims' models and checkpoints after their "
+                   "slot, the winner's checkpoints and its task's data once final (the winning model stays); "
+                   "--keep-all keeps every blob (an archive that can serve old blocks' checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
 @click.pass_context
 def start(ctx: click.Context, **opts) -> None:
@@ -172,6 +176,7 @@ def start(ctx: click.Context, **opts) -> None:
             metrics_host=opts["metrics_host"],
             verify_workers=workers,
             verify_device=device,
+            prune=opts["prune"],
         )
         full_node = FullNode(config, log_fn=emit).start()
     except (ConfigError, StoreError, OSError, ValueError) as exc:
