@@ -66,7 +66,7 @@ class MinerBlobs:
 
 
 def mine(state: State, params: ChainParams, keypair: KeyPair, store: BlobStore, link: str, workdir: Path,
-         seconds: float = 3.0) -> Block:
+         seconds: float = 6.0) -> Block:
     """A real block on `state` whose model and checkpoints are in `store` and whose work links to `link`."""
     return mine_standing_block(state, params, keypair, store, link, workdir, seconds=seconds)
 

@@ -19,6 +19,7 @@ from blobnodes import MinerBlobs, mine, start_node, wait_connected, wait_until
 from chainutil import unchecked_work
 from consensus.chainstate import BlockStatus, ChainState
 from consensus.fixtures import make_keypair, make_test_params
+from consensus.work import get_blob_digests
 from fullnode.config import parse_conf
 from fullnode.prune import compute_dir_bytes, get_work_digests
 from pouw.cli import main
@@ -87,6 +88,11 @@ def checkpoints(block) -> list[bytes]:
     return list(get_work_digests(block)[1:])
 
 
+def fetched(block) -> list[bytes]:
+    """What a verifier fetches for `block`: its model and the checkpoints of its verification plan."""
+    return get_blob_digests(None, block.header.task_mode, block, PARAMS)
+
+
 def held(node, digests) -> list[bool]:
     return [node.blobs.has(d) for d in digests]
 
@@ -106,11 +112,11 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
             assert pruned.core.process_block(block, now).is_valid
         assert pruned.chain.get_hash_at(1) == mined.winner.hash
         assert syncing.core.process_block(mined.winner, now).status is BlockStatus.CONNECTED
-        assert all(held(pruned, get_work_digests(mined.loser)))
+        assert all(held(pruned, fetched(mined.loser)))
 
         # After the slot: the loser's model and checkpoints go; the winner (within the window) keeps everything.
         wait_until(lambda: not any(held(pruned, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the loser pruned")
-        assert all(held(pruned, get_work_digests(mined.winner)))
+        assert all(held(pruned, fetched(mined.winner)))
 
         for block in mined.rest:
             assert pruned.core.process_block(block, time.time()).status is BlockStatus.CONNECTED
@@ -118,7 +124,7 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
         wait_until(lambda: not any(held(pruned, checkpoints(mined.winner))), 3 * SLOT_SECONDS, "the winner's checkpoints pruned")
         assert pruned.blobs.has(mined.winner.body.work.model_digest)
         for block in mined.rest:
-            assert all(held(pruned, get_work_digests(block)))
+            assert all(held(pruned, fetched(block)))
         assert "pruned" in " ".join(pruned.lines)
 
         # The miner goes away: a peer one block behind syncs the window from the pruned node alone.
@@ -144,7 +150,7 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
 def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tmp_path, mined):
     miner = mined.serve()
     node = start_node(tmp_path, "archive", PARAMS, prune=False)
-    everything = [d for b in (mined.winner, mined.loser, *mined.rest) for d in get_work_digests(b)]
+    everything = [d for b in (mined.winner, mined.loser, *mined.rest) for d in fetched(b)]
     try:
         now = time.time()
         for block in (mined.winner, mined.loser, *mined.rest):
@@ -167,7 +173,7 @@ def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tm
         wait_until(lambda: not any(held(node, checkpoints(mined.winner))), 3 * SLOT_SECONDS, "the final winner pruned")
         assert node.blobs.has(mined.winner.body.work.model_digest)
         for block in mined.rest:
-            assert all(held(node, get_work_digests(block)))
+            assert all(held(node, fetched(block)))
         marker = json.loads((node.datadir / "prune.json").read_text())
         assert marker["pruned_through"] == 1 and marker["block_hash"] == mined.winner.hash.hex()
     finally:

@@ -79,7 +79,7 @@ def test_a_hostile_link_costs_one_limit_and_the_blobs_come_from_a_peer(tmp_path,
     try:
         block = mine(b.chain.state(), PARAMS, MINER, b.blobs, hostile.url(""), tmp_path / "miner")
         wanted = get_blob_digests(None, block.header.task_mode, block, PARAMS)
-        assert len(wanted) > 10
+        assert len(wanted) >= 5  # the model and the checkpoints around the replayed segments
 
         result = a.core.process_block(block, time.time())
 
