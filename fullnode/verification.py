@@ -35,12 +35,23 @@ def get_default_verify_workers(device: str = "cpu") -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def start_worker(threads: int) -> None:
-    """Runs once in each worker process: share the cores out, and import torch before the first claim arrives."""
+def start_worker(threads: int, parent: int) -> None:
+    """Runs once in each worker process: watch the node (`parent`), share the cores out, import torch early."""
+    threading.Thread(target=exit_with_parent, args=(parent,), name="pouw-parent-watch", daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
     importlib.import_module("consensus.work")  # the model code and MONAI
+
+
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Ends this worker once the node that started it is gone (killed nodes must not leave workers behind).
+
+    `parent` is the node's pid as the node saw it: a worker orphaned before it got here sees a new parent at once.
+    """
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(0)
 
 
 def verify_in_worker(block: Block, inputs: WorkInputs, params: ChainParams, blob_root: str, workdir: str,
@@ -118,7 +129,7 @@ class WorkChecker:
                 threads = max(1, (os.cpu_count() or 1) // self.workers)
                 # spawn: a fork of a process running libp2p's event loop and torch threads is not safe
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=start_worker, initargs=(threads,))
+                                                 initializer=start_worker, initargs=(threads, os.getpid()))
             return self._pool
 
     def is_work_checked(self, block: Block) -> bool:

@@ -153,3 +153,49 @@ def test_a_split_unpacked_by_several_processes_at_once_is_whole(tmp_path):
     assert all(a == answers[0] for a in answers) and isinstance(answers[0], list), answers
     assert len(load_dataset(folder, "train", small_spec())) == 6
     assert [p.name for p in folder.parent.iterdir()] == ["task-train"], "no scratch folder is left behind"
+
+
+KILLED_NODE = """
+import sys, time
+from pathlib import Path
+from consensus.fixtures import make_test_params
+from fullnode.fetch import BlobFetcher
+from fullnode.verification import WorkChecker, warm_up
+from pouw.blobstore import BlobStore
+
+root = Path(sys.argv[1])
+blobs = BlobStore(root / "blobs")
+checker = WorkChecker(make_test_params("pool-miner"), blobs, BlobFetcher(blobs), root / "work", workers=2).start()
+pool = checker._get_pool()
+pids = sorted({pool.submit(warm_up).result(120) for _ in range(8)} | set(pool._processes))
+print(" ".join(map(str, pids)), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_node_leaves_no_verification_workers_behind(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    node = subprocess.Popen([sys.executable, "-c", KILLED_NODE, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        pids = [int(p) for p in node.stdout.readline().split()]
+        assert len(pids) == 2, pids
+        assert all(os.path.exists(f"/proc/{p}") for p in pids)
+        node.send_signal(signal.SIGKILL)  # no close(), no atexit: only the workers' own watch can end them
+        node.wait(30)
+        deadline = time.time() + 20
+        while any(os.path.exists(f"/proc/{p}") for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+        for p in alive:
+            os.kill(p, signal.SIGKILL)
+        assert not alive, f"workers {alive} outlived their node"
+    finally:
+        if node.poll() is None:
+            node.kill()
