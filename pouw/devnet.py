@@ -83,6 +83,15 @@ class DevnetError(Exception):
     """The devnet could not be started or did not reach its goal."""
 
 
+def end_with_parent() -> None:
+    """Runs in each forked child before exec: on Linux, ask for SIGTERM when the devnet process dies (even killed)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Devnet:
     """Start, watch and stop a devnet; use as a context manager so it always stops."""
 
@@ -116,7 +125,8 @@ class Devnet:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         fh = open(log_path, "ab")
-        popen = subprocess.Popen([sys.executable, "-m", "pouw.cli", *args], stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        popen = subprocess.Popen([sys.executable, "-m", "pouw.cli", *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True, preexec_fn=end_with_parent)
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
         return proc
