@@ -10,10 +10,11 @@ Each attack is a small function, so one test can combine several.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from consensus.forkchoice import ChainScore
 from fullnode.messages import (
@@ -59,12 +60,13 @@ class HostilePeer:
         self.asked: dict[str, int] = {}
         """protocol -> requests this peer was sent."""
 
-    def serve(self, protocol: str, answer: Callable[[bytes], bytes]) -> "HostilePeer":
+    def serve(self, protocol: str, answer: Callable[[bytes], bytes | Awaitable[bytes]]) -> "HostilePeer":
         """Answer `protocol` with `answer(request)` (limits as wide as the p2p layer allows: the node must hold its own)."""
 
-        def handler(peer, data: bytes) -> bytes:
+        async def handler(peer, data: bytes) -> bytes:
             self.asked[protocol] = self.asked.get(protocol, 0) + 1
-            return answer(data)
+            result = answer(data)
+            return await result if inspect.isawaitable(result) else result  # an async answer may stall (trio.sleep)
 
         self.p2p.set_handler(protocol, handler, max_request=1 * MiB, max_response=MAX_FRAME_LIMIT)
         return self
