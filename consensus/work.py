@@ -13,6 +13,9 @@ failure, so the caller decides whether to retry.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,17 +142,36 @@ def load_task_split(task: TaskSubmission, which: int, key: bytes, blobs: BlobSto
     blob = task.train_blob if which == KEY_TRAIN else task.test_blob
     split = "train" if which == KEY_TRAIN else "test"
     folder = Path(workdir) / f"{task.task_id.hex()}-{split}"
-    if not (folder / "dataset.json").exists():
+    if not folder.is_dir():
         if not blobs.has(blob.digest):
             raise InvalidBlock(f"{split} blob {blob.digest.hex()[:16]} is not available")
-        try:
-            unpack_blob(blobs.path(blob.digest), key, folder)
-        except (DecryptError, PackError) as exc:
-            raise InvalidBlock(f"{split} blob does not open with the revealed key: {exc}") from None
+        unpack_split(blobs.path(blob.digest), key, folder, split)
     try:
         return load_dataset(folder, split, task.model)
     except DataError as exc:
         raise InvalidBlock(f"{split} data of the task is unusable: {exc}") from None
+
+
+def unpack_split(blob_path: Path, key: bytes, folder: Path, split: str) -> None:
+    """Unpack a split beside `folder`, then rename it into place: a folder that exists is whole.
+
+    Verification workers in other processes share the work folder and a
+    node may be killed mid-unpack; neither may see a half-written split.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        try:
+            unpack_blob(blob_path, key, scratch)
+        except (DecryptError, PackError) as exc:
+            raise InvalidBlock(f"{split} blob does not open with the revealed key: {exc}") from None
+        try:
+            os.rename(scratch, folder)
+        except OSError:
+            if not folder.is_dir():  # another worker's rename won the race otherwise
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def get_work_data(
@@ -201,12 +223,39 @@ def is_norm_declared_right(declared_micro: int, actual: float) -> bool:
     return abs(declared_micro - actual_micro) <= NORM_TOLERANCE_MICRO + NORM_TOLERANCE_RELATIVE * actual_micro
 
 
+@dataclass(frozen=True)
+class WorkInputs:
+    """What verifying a block's work needs from the state it extends (plain values: it can go to another process)."""
+
+    task: TaskSubmission | None
+    """The block's task (None for the standing task)."""
+    keys: dict
+    """The task's keys as the chain carries them (get_work_keys)."""
+
+
+def get_work_inputs(block: Block, state: State, params: ChainParams) -> WorkInputs:
+    """Read from the parent's state what `verify_work_inputs` needs; raises InvalidBlock."""
+    header, body = block.header, block.body
+    if body.work is None or body.commit is None:
+        raise InvalidBlock("block carries no work")
+    task = get_task_submission(state, params, header.task_id)
+    if task is None and not is_standing_task(params, header.task_id):
+        raise InvalidBlock("selected task is unknown to the state")
+    return WorkInputs(task, get_work_keys(state.get_status(), block))
+
+
 def verify_block_work(block: Block, state: State, params: ChainParams, blobs: BlobStore, workdir: Path,
                       device: str = "cpu") -> WorkReport:
+    """Recompute the block's Dice and replay the segments its plan picks; raises InvalidBlock (see verify_work_inputs)."""
+    return verify_work_inputs(block, get_work_inputs(block, state, params), params, blobs, workdir, device)
+
+
+def verify_work_inputs(block: Block, inputs: WorkInputs, params: ChainParams, blobs: BlobStore, workdir: Path,
+                       device: str = "cpu") -> WorkReport:
     """Recompute the block's Dice and replay the segments its plan picks; raises InvalidBlock.
 
-    `state` is the state the block extends; the blobs of `get_blob_digests`
-    must already be in `blobs`. In order, cheapest first: the model; every
+    The blobs of `get_blob_digests` must already be in `blobs`. In order,
+    cheapest first: the model; every
     fetched checkpoint on its own (index, link to the committed previous
     digest, specs, seed, training data, position by the segment rule, so a
     trajectory longer than the task's max_epochs is refused) and checkpoint
@@ -216,12 +265,7 @@ def verify_block_work(block: Block, state: State, params: ChainParams, blobs: Bl
     understated); the Dice within the tolerance; then the replays.
     """
     header, body = block.header, block.body
-    if body.work is None or body.commit is None:
-        raise InvalidBlock("block carries no work")
-    task = get_task_submission(state, params, header.task_id)
-    if task is None and not is_standing_task(params, header.task_id):
-        raise InvalidBlock("selected task is unknown to the state")
-    data = get_work_data(task, params, header.prev_hash, header.task_mode, get_work_keys(state.get_status(), block), blobs, workdir)
+    data = get_work_data(inputs.task, params, header.prev_hash, header.task_mode, inputs.keys, blobs, workdir)
     plan = compute_work_plan(block, params)
     seed = compute_training_seed(header.prev_hash, header.miner)
     try:
@@ -286,4 +330,4 @@ def check_trajectory(blobs: BlobStore, work, plan: WorkPlan, data: WorkData, see
     return checkpoints, weights
 
 
-__all__ = ["WorkData", "WorkPlan", "WorkReport", "compute_work_plan", "make_checkpoint_refs", "get_blob_digests", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]
+__all__ = ["WorkData", "WorkInputs", "WorkPlan", "WorkReport", "get_work_inputs", "verify_work_inputs", "compute_work_plan", "make_checkpoint_refs", "get_blob_digests", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]

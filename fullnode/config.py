@@ -41,7 +41,9 @@ class NodeConfig:
     params: ChainParams
     """The network."""
     host: str = "127.0.0.1"
-    """Address every listener binds to (loopback by default)."""
+    """Address the p2p host and the blob server bind to (loopback by default)."""
+    rpc_host: str = "127.0.0.1"
+    """Address the JSON-RPC server binds to (loopback by default, whatever `host` is: RPC is for the operator)."""
     p2p_port: int = 0
     """libp2p TCP port (0: any free port)."""
     rpc_port: int = 0
@@ -63,6 +65,10 @@ class NodeConfig:
     """Port of the Prometheus metrics endpoint (None: none; 0: any free port)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds to."""
+    verify_workers: int = 0
+    """Worker processes that verify claims and blocks (0: in the node's own worker thread)."""
+    verify_device: str = "cpu"
+    """Where verification runs: "cpu" or "cuda:N"."""
 
 
 def save_params(datadir: Path, params: ChainParams) -> Path:
@@ -116,6 +122,14 @@ def read_node_file(datadir: Path) -> dict:
         raise ConfigError(f"{datadir}/node.json is damaged: {exc}") from None
 
 
+def is_device_name(text: str) -> bool:
+    """True for "cpu" and "cuda:N"."""
+    if text == "cpu":
+        return True
+    kind, _, index = text.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
 # --- pouw.conf ----------------------------------------------------------------------
 
 
@@ -124,7 +138,8 @@ class ConfKey:
     """What one pouw.conf key accepts."""
 
     kind: str
-    """"str", "port", "seconds", "bool", "path", "hash" (64 hex digits) or "choice"."""
+    """"str", "port", "count" (a number or auto), "device" (cpu, cuda:N), "seconds", "bool", "path", "hash" (64 hex
+    digits) or "choice"."""
     choices: tuple[str, ...] = ()
     """The accepted words of a "choice" key."""
     repeatable: bool = False
@@ -135,6 +150,9 @@ CONF_KEYS: dict[str, ConfKey] = {
     "network": ConfKey("choice", NETWORKS),
     "params": ConfKey("path"),
     "host": ConfKey("str"),
+    "rpc-host": ConfKey("str"),
+    "verify-workers": ConfKey("count"),
+    "verify-device": ConfKey("device"),
     "port": ConfKey("port"),
     "rpc-port": ConfKey("port"),
     "blob-port": ConfKey("port"),
@@ -168,6 +186,16 @@ def _conf_value(key: str, spec: ConfKey, text: str, base: Path) -> object:
         if not text.isdigit() or not 0 <= int(text) <= 65535:
             raise ValueError("must be a port number from 0 to 65535")
         return int(text)
+    if spec.kind == "count":
+        if text == "auto":
+            return text
+        if not text.isdigit() or int(text) > 1024:
+            raise ValueError("must be a number from 0 to 1024, or auto")
+        return int(text)
+    if spec.kind == "device":
+        if not is_device_name(text):
+            raise ValueError("must be cpu or cuda:N")
+        return text
     if spec.kind == "seconds":
         try:
             value = float(text)

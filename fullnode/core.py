@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -115,6 +116,7 @@ class NodeCore:
         claim_wait_seconds: float | None = None,
         log_fn: Callable[[str], None] | None = None,
         on_claim_judged: Callable[[bool], None] | None = None,
+        verify_parallelism: int = 1,
     ):
         self.params = params
         self.chain = chain
@@ -127,6 +129,8 @@ class NodeCore:
         self.key_files = key_files
         self.claim_wait_seconds = params.phase2_seconds / 3 if claim_wait_seconds is None else claim_wait_seconds
         self.log = log_fn or (lambda msg: log.info(msg))
+        self.verify_parallelism = max(1, verify_parallelism)
+        """Claims judged at once (the work check's worker processes)."""
         self.on_claim_judged = on_claim_judged or (lambda valid: None)
         """Told whether each claim verification judged the claim valid (metrics); missing data is no judgement."""
         self._verified_slot = -1
@@ -244,25 +248,36 @@ class NodeCore:
         deadline = get_slot_start(self.params, point.slot + 1) - VERIFY_MARGIN_SECONDS
         while clock() < deadline:
             with self.lock:
-                if self._judged.get(point.slot, 0) >= MAX_CLAIMS_VERIFIED_PER_SLOT:
+                left = MAX_CLAIMS_VERIFIED_PER_SLOT - self._judged.get(point.slot, 0)
+                batch = self._next_claims(min(left, self.verify_parallelism)) if left > 0 else []
+                if not batch:
                     return None
-                claim = self._next_claim()
-                if claim is None:
-                    return None
-                self._judged[point.slot] = self._judged.get(point.slot, 0) + 1
-            block = claim.block
-            result = self.process_block(block, clock())
-            if result.is_valid or result.status is BlockStatus.INVALID:
-                self.on_claim_judged(result.is_valid)
-            with self.lock:
-                if result.is_valid:
-                    self.claims.mark_verified(block.hash)
-                    return result
-                self.claims.mark_rejected(block.hash, result.reason)
-                if result.status is BlockStatus.INVALID:
-                    self._remember_false_claim(block)
-            self.log(f"claim {block.hash.hex()[:12]} of miner {block.header.miner.hex()[:12]} rejected: {result.reason}")
+                self._judged[point.slot] = self._judged.get(point.slot, 0) + len(batch)
+            results = self._judge_claims(batch, clock)
+            winner: BlockResult | None = None
+            for claim, result in zip(batch, results):  # best first: the first valid one is the answer
+                block = claim.block
+                if result.is_valid or result.status is BlockStatus.INVALID:
+                    self.on_claim_judged(result.is_valid)
+                with self.lock:
+                    if result.is_valid:
+                        self.claims.mark_verified(block.hash)
+                        winner = winner or result
+                        continue
+                    self.claims.mark_rejected(block.hash, result.reason)
+                    if result.status is BlockStatus.INVALID:
+                        self._remember_false_claim(block)
+                self.log(f"claim {block.hash.hex()[:12]} of miner {block.header.miner.hex()[:12]} rejected: {result.reason}")
+            if winner is not None:
+                return winner
         return None
+
+    def _judge_claims(self, batch: list[Claim], clock: Callable[[], float]) -> list[BlockResult]:
+        """Each claim's block down the block road; a batch of several at once (the work check's workers run them)."""
+        if len(batch) == 1:
+            return [self.process_block(batch[0].block, clock())]
+        with ThreadPoolExecutor(len(batch), thread_name_prefix="pouw-claim") as pool:
+            return list(pool.map(lambda claim: self.process_block(claim.block, clock()), batch))
 
     def _remember_false_claim(self, block: Block) -> None:
         """Keep a claim that failed verification, to show it in a block once its height is won (bounded)."""
@@ -270,8 +285,8 @@ class NodeCore:
         while len(self._false_claims) > MAX_REMEMBERED_FALSE_CLAIMS:
             self._false_claims.popitem(last=False)
 
-    def _next_claim(self) -> Claim | None:
-        """The best unjudged claim for the next height (any slot), unless the chain already holds a better block there.
+    def _next_claims(self, limit: int) -> list[Claim]:
+        """Up to `limit` unjudged claims for the next height (any slot), best first, each better than the block held there.
 
         Claims whose miner holds the bond they need (compute_claim_bond) come
         first, in fork choice's order; unbonded claims (a new miner has no
@@ -282,15 +297,16 @@ class NodeCore:
         state = self.chain.state()
         ranked = [c for c in self.claims.ranked(height=height) if not self.claims.is_verified(c.block.hash)]
         ranked.sort(key=lambda c: (self._is_bonded(state, c.block), get_score_key(self._claim_score(c.block))), reverse=True)
+        current = self.chain.get_hash_at(height)
+        held = self._claim_score(self.chain.get_block(current)) if current is not None else None
+        out: list[Claim] = []
         for claim in ranked:
-            header = claim.block.header
-            current = self.chain.get_hash_at(header.height)
-            if current is not None and current != claim.block.hash:
-                held = self._claim_score(self.chain.get_block(current))
-                if not is_better(self._claim_score(claim.block), held):
-                    return None
-            return claim
-        return None
+            if held is not None and claim.block.hash != current and not is_better(self._claim_score(claim.block), held):
+                continue
+            out.append(claim)
+            if len(out) == limit:
+                break
+        return out
 
     def _is_bonded(self, state, block: Block) -> bool:
         """True when the block's miner holds at least the bond its claim needs."""

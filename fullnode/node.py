@@ -67,11 +67,13 @@ class FullNode:
         self.metrics = NodeMetrics()
         self.fetcher = BlobFetcher(self.blobs, on_fetched=self.metrics.record_fetch)
         self.work_checker = WorkChecker(self.params, self.blobs, self.fetcher, self.datadir / "work", config.assume_valid,
-                                        on_verified=self.metrics.record_verification)
+                                        on_verified=self.metrics.record_verification,
+                                        workers=config.verify_workers, device=config.verify_device)
         self.core = NodeCore(
             self.params, self.chain, self.work_checker,
             key_files=PublisherKeyFiles(self.datadir / "taskkeys"),
             claim_wait_seconds=config.claim_wait_seconds, log_fn=self.log, on_claim_judged=self.metrics.record_claim,
+            verify_parallelism=self.work_checker.parallelism,
         )
         self.jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -89,6 +91,7 @@ class FullNode:
     def start(self) -> "FullNode":
         """Start the blob server, the p2p host, the worker and phase threads, and the RPC server."""
         cfg = self.config
+        self.work_checker.start()
         self.blob_server = BlobServer(self.blobs, host=cfg.host, port=cfg.blob_port).start()
         self.p2p = P2PNode(load_or_create_p2p_seed(self.datadir), host=cfg.host, port=cfg.p2p_port, bootstrap=cfg.bootstrap)
         self.sync = SyncAdapter(self.core, self.p2p, self.fetcher, self.work_checker, self.get_blob_url, self.log,
@@ -102,7 +105,7 @@ class FullNode:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.host, port=cfg.rpc_port, datadir=self.datadir,
+        self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.rpc_host, port=cfg.rpc_port, datadir=self.datadir,
                              max_body=2 * (self.params.max_block_size + MAX_HEADER_ROOM) + 65536).start()  # a claim in hex
         self._start_watchers()
         write_node_file(self.datadir, self.describe())
@@ -131,6 +134,7 @@ class FullNode:
             self.metrics_server.stop()
         if self.rpc is not None:
             self.rpc.stop()
+        self.work_checker.close()  # a verification in flight ends without a judgement, so the worker thread can stop
         for thread in self._threads:
             thread.join(30)
         if self.p2p_thread is not None:

@@ -30,7 +30,7 @@ from miner.node import NodeLink
 from pouw.encoding import decode, encode
 from pouw.keys import KeyPair
 from pouw.rpc import RpcClient, RpcError
-from pouw.types import MODE_NO_TRAIN_KEY, Allocation, BlobRef, Block, Claim, TaskSubmission, WorkProof
+from pouw.types import MODE_NO_TRAIN_KEY, Allocation, BlobRef, Block, CheckpointRef, Claim, TaskSubmission, WorkProof
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +183,7 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
 
         # Past Phase 1 and its clock-skew tolerance.
         wait_until(lambda: time.time() >= get_phase2_start(params, slot) + params.clock_skew_seconds + 0.5, 30, "skew to pass")
-        late = make_commit(THIEF, height, slot, params.standing_task.task_id, stolen.model_digest)
+        late = make_commit(THIEF, height, slot, params.standing_task.task_id, stolen.model_digest, stolen.checkpoints)
         with pytest.raises(RpcError, match="wrong-phase"):
             rpc.call("submitcommit", hex=encode(late).hex())
 
@@ -194,8 +194,8 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
             rpc.call("submitclaim", hex=encode(Claim(claim_with(late, stolen))).hex())
         with pytest.raises(RpcError, match="commit-mismatch"):  # the stolen model under the honest miner's commit
             rpc.call("submitclaim", hex=encode(Claim(claim_with(honest_block.body.commit, stolen))).hex())
-        fresh = WorkProof(b"\x42" * 32, 1000, (b"\x43" * 32,), ("http://127.0.0.1:9",), 990_000)
-        uncommitted = make_commit(THIEF, height, slot, params.standing_task.task_id, fresh.model_digest)
+        fresh = WorkProof(b"\x42" * 32, 1000, (CheckpointRef(b"\x43" * 32, 1000, 0),), ("http://127.0.0.1:9",), 990_000)
+        uncommitted = make_commit(THIEF, height, slot, params.standing_task.task_id, fresh.model_digest, fresh.checkpoints)
         with pytest.raises(RpcError, match="not-committed"):  # a model never committed at all
             rpc.call("submitclaim", hex=encode(Claim(claim_with(uncommitted, fresh))).hex())
 
@@ -279,15 +279,22 @@ def test_devnet_processes_agree_pay_and_a_late_node_syncs(tmp_path):
         assert [c["header"]["task_id"] for c in chain[:-1]] == [params_standing(net)] * (task_height - 1)
         assert chain[-1]["header"]["task_id"] == task_ids[1] and chain[-1]["header"]["task_mode"] == 0
 
-        # Each miner's balance is its allocation plus, per block won, the fees and either the block reward
-        # (standing task) or the task's escrow (a published task mints nothing).
+        # Each miner's coins (spendable plus bonded) are its allocation plus, per block won, the fees and either the
+        # block reward (standing task) or the task's escrow (a published task mints nothing), less the fees of its
+        # own transactions (the claim bond it posts at start).
+        whole = [rpc.call("getblock", ref=h) for h in range(1, rpc.call("getinfo")["height"] + 1)]
         expected: dict[str, int] = {}
-        for c in chain:
+        for c in whole:
             pay = sum(tx["fee"] for tx in c["transactions"])
             pay += 90 * COIN if c["header"]["task_id"] == task_ids[1] else net.params.block_reward
             expected[c["header"]["miner"]] = expected.get(c["header"]["miner"], 1_000 * COIN) + pay
-        for address, balance in expected.items():
-            assert rpc.call("getbalance", address=address)["balance"] == balance
+        for c in whole:
+            for tx in c["transactions"]:
+                if tx["from"] in expected:
+                    expected[tx["from"]] -= tx["fee"]
+        for address, coins in expected.items():
+            acct = rpc.call("getbalance", address=address)
+            assert acct["balance"] + acct["bonded"] + acct["unbonding"] == coins
 
         # A node joining now syncs everything and re-validates it (Dice recomputed for every block).
         late_dir = net.root / "late"

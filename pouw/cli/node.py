@@ -54,6 +54,27 @@ def _parse_block_hash(value: str | None) -> bytes | None:
     return raw
 
 
+def _parse_verify_options(device: str, workers: object) -> tuple[str, int]:
+    """--verify-device and --verify-workers, checked; "auto" sized to this machine."""
+    from fullnode.config import is_device_name
+    from fullnode.verification import get_default_verify_workers
+
+    if not is_device_name(device):
+        raise click.BadParameter("must be cpu or cuda:N", param_hint="--verify-device")
+    if device != "cpu":
+        import torch
+
+        index = int(device.split(":")[1])
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{device} is not a GPU this machine has", param_hint="--verify-device")
+    if workers == "auto":
+        return device, get_default_verify_workers(device)
+    text = str(workers)
+    if not text.isdigit() or int(text) > 1024:
+        raise click.BadParameter("must be a number from 0 to 1024, or auto", param_hint="--verify-workers")
+    return device, int(text)
+
+
 def get_conf_key(param: click.Parameter) -> str | None:
     """The pouw.conf key of a `pouw node start` option: its long flag without the dashes."""
     longs = [opt[2:] for opt in getattr(param, "opts", ()) if opt.startswith("--")]
@@ -80,7 +101,9 @@ def apply_conf(ctx: click.Context, opts: dict, conf: dict) -> dict:
               help="Settings file (default DATADIR/pouw.conf; `key = value` lines, the keys are these options' names).")
 @click.option("--network", type=click.Choice(NETWORKS), default="main", show_default=True)
 @click.option("--params", "params_file", type=click.Path(path_type=Path, exists=True), default=None, help="Network parameters file (params.json).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (p2p, RPC, blobs).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the p2p host and blob server listen on.")
+@click.option("--rpc-host", default="127.0.0.1", show_default=True,
+              help="Address the JSON-RPC server listens on (it is for the operator: keep it on loopback unless behind a firewall).")
 @click.option("--port", default=0, type=int, help="libp2p TCP port (0: any).")
 @click.option("--rpc-port", default=8645, type=int, show_default=True, help="JSON-RPC port (0: any).")
 @click.option("--blob-port", default=0, type=int, help="Blob HTTP port (0: any).")
@@ -89,6 +112,10 @@ def apply_conf(ctx: click.Context, opts: dict, conf: dict) -> dict:
               help="A block known good: its ancestors buried deeper than the finality window skip the Dice recomputation "
                    "during sync (every other block is fully verified).")
 @click.option("--claim-wait", type=float, default=None, help="Seconds into Phase 2 before claims are verified.")
+@click.option("--verify-workers", default="auto", show_default=True, metavar="N|auto",
+              help="Worker processes that verify claims (auto: one per core but one, or one for a GPU; 0: in the node's thread).")
+@click.option("--verify-device", default="cpu", show_default=True, metavar="cpu|cuda:N",
+              help="Where claims are verified (a GPU: cuda:0).")
 @click.option("--explorer-port", type=click.IntRange(0, 65535), default=None,
               help="Serve the read-only explorer web page on this port (0: any; default: no explorer).")
 @click.option("--explorer-host", default="127.0.0.1", show_default=True, help="Address the explorer listens on.")
@@ -127,10 +154,12 @@ def start(ctx: click.Context, **opts) -> None:
     logging.basicConfig(level=os.environ.get("POUW_LOG", "WARNING"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         params = _load_params(opts["network"], opts["params_file"], datadir)
+        device, workers = _parse_verify_options(opts["verify_device"], opts["verify_workers"])
         config = NodeConfig(
             datadir=datadir,
             params=params,
             host=opts["host"],
+            rpc_host=opts["rpc_host"],
             p2p_port=opts["port"],
             rpc_port=opts["rpc_port"],
             blob_port=opts["blob_port"],
@@ -141,6 +170,8 @@ def start(ctx: click.Context, **opts) -> None:
             explorer_host=opts["explorer_host"],
             metrics_port=opts["metrics_port"],
             metrics_host=opts["metrics_host"],
+            verify_workers=workers,
+            verify_device=device,
         )
         full_node = FullNode(config, log_fn=emit).start()
     except (ConfigError, StoreError, OSError, ValueError) as exc:

@@ -27,12 +27,13 @@ from test_multinode import HONEST, LIAR, LyingLink, MinerThread, client, make_pa
 FLOODERS = [make_keypair(f"flooder-{i}") for i in range(MAX_CLAIMS_VERIFIED_PER_SLOT + 8)]
 
 
-def test_a_flood_of_claims_is_judged_at_most_the_budget_per_slot(tmp_path):
+@pytest.mark.parametrize("parallelism", [1, 5])
+def test_a_flood_of_claims_is_judged_at_most_the_budget_per_slot(tmp_path, parallelism):
     params = make_test_params(*[f"flooder-{i}" for i in range(len(FLOODERS))])
     blobs = BlobStore(tmp_path / "blobs")
     with ChainState.open(tmp_path / "chain", params) as chain:
         checker = WorkChecker(params, blobs, BlobFetcher(blobs), tmp_path / "work")
-        core = NodeCore(params, chain, checker)
+        core = NodeCore(params, chain, checker, verify_parallelism=parallelism)
         state = chain.state()
         phase1, phase2 = get_slot_start(params, 0) + 1, get_phase2_start(params, 0) + 2
         for i, key in enumerate(FLOODERS):

@@ -236,3 +236,18 @@ def test_blob_server_half_open_sockets_and_stalled_readers(tmp_path):
             for s in socks + stalled:
                 s.close()
         assert wait_until(lambda: srv._httpd.open_connections == 0, 5)
+
+
+def test_a_node_listening_for_peers_on_every_address_keeps_its_rpc_on_loopback(tmp_path):
+    """`--host 0.0.0.0` opens the p2p host and the blob server to the world; the RPC, the operator's door, stays local."""
+    from consensus.fixtures import make_test_params
+    from fullnode.config import NodeConfig
+    from fullnode.node import FullNode
+
+    node = FullNode(NodeConfig(datadir=tmp_path / "node", params=make_test_params(), host="0.0.0.0")).start()
+    try:
+        assert node.rpc._httpd.server_address[0] == "127.0.0.1"
+        assert node.blob_server._httpd.server_address[0] == "0.0.0.0"
+        assert RpcClient(node.rpc.url, datadir=tmp_path / "node").call("getinfo")["height"] == 0
+    finally:
+        node.stop()
