@@ -59,6 +59,8 @@ class HostilePeer:
         self.thread: P2PThread | None = None
         self.asked: dict[str, int] = {}
         """protocol -> requests this peer was sent."""
+        self.heard: dict[str, list[bytes]] = {}
+        """gossip topic name -> payloads this peer received on it."""
 
     def serve(self, protocol: str, answer: Callable[[bytes], bytes | Awaitable[bytes]]) -> "HostilePeer":
         """Answer `protocol` with `answer(request)` (limits as wide as the p2p layer allows: the node must hold its own)."""
@@ -92,9 +94,13 @@ class HostilePeer:
         self.thread.call(self.p2p.connect, node.p2p_addrs()[0])
 
     def join(self, name: str, count: int = 1) -> str:
-        """Subscribe to the gossip topic `name` and wait until `count` peers are in it; returns the topic."""
+        """Subscribe to the gossip topic `name` and wait until `count` peers are in it; returns the topic.
+
+        What the peer hears there is kept in `heard[name]` (payloads, in arrival order).
+        """
         topic = get_topic(self.params.chain_id, name)
-        self.thread.call(self.p2p.subscribe, topic, None, None)
+        heard = self.heard.setdefault(name, [])
+        self.thread.call(self.p2p.subscribe, topic, None, lambda origin, data: heard.append(data))
         self.thread.call(self.p2p.wait_for_topic_peers, topic, count, 20.0)
         return topic
 
