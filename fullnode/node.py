@@ -39,6 +39,7 @@ from fullnode.fetch import BlobFetcher, PeerBlobSource
 from fullnode.verification import WorkChecker
 from fullnode.gossip import GossipAdapter
 from fullnode.keys import PublisherKeyFiles
+from fullnode.messages import MAX_HEADER_ROOM
 from fullnode.metrics import NodeMetrics
 from fullnode.prefetch import TaskPrefetcher
 from fullnode.prune import Pruner
@@ -100,10 +101,11 @@ class FullNode:
         self.blob_server = BlobServer(self.blobs, host=cfg.host, port=cfg.blob_port).start()
         self.p2p = P2PNode(load_or_create_p2p_seed(self.datadir), host=cfg.host, port=cfg.p2p_port, bootstrap=cfg.bootstrap)
         serve_blobs(self.p2p, self.blobs)  # /pouw/blob/1: peers that cannot reach our HTTP blob server
-        self.gossip = GossipAdapter(self.core, self.p2p, self.jobs)
-        self.gossip.register()
-        self.sync = SyncAdapter(self.core, self.p2p, self.fetcher, self.work_checker, self.get_blob_url, self.log, self._stop.is_set)
+        self.sync = SyncAdapter(self.core, self.p2p, self.fetcher, self.work_checker, self.get_blob_url, self.log,
+                                self._stop.is_set, self.jobs)
         self.sync.register()
+        self.gossip = GossipAdapter(self.core, self.p2p, self.jobs, self.sync.request_sync)
+        self.gossip.register()
         self.p2p_thread = P2PThread(self.p2p).start()
         self.gossip.thread = self.sync.thread = self.p2p_thread
         self.fetcher.peers = PeerBlobSource(self.p2p, self.p2p_thread)  # the fallback when every link fails
@@ -112,7 +114,8 @@ class FullNode:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.rpc_host, port=cfg.rpc_port, datadir=self.datadir).start()
+        self.rpc = RpcServer(make_handlers(self.rpc_context()), host=cfg.rpc_host, port=cfg.rpc_port, datadir=self.datadir,
+                             max_body=2 * (self.params.max_block_size + MAX_HEADER_ROOM) + 65536).start()  # a claim in hex
         self._start_watchers()
         write_node_file(self.datadir, self.describe())
         addrs = self.p2p_addrs()
@@ -212,7 +215,7 @@ class FullNode:
         """A block from a peer down the road; announce it if it is valid and new, penalise its sender if invalid."""
         result = self.core.process_block(block, time.time())
         if result.status in (BlockStatus.CONNECTED, BlockStatus.SIDE_BRANCH):
-            self.gossip.publish("block", encode(block))
+            self.gossip.publish_block(block)
         elif result.status in (BlockStatus.INVALID, BlockStatus.REFUSED):
             verb = "rejected" if result.status is BlockStatus.INVALID else "refused"
             self.log(f"{verb} block {block.header.height} {block.hash.hex()[:12]} from miner "
@@ -220,14 +223,14 @@ class FullNode:
             if peer and result.sender_at_fault:
                 self.sync.penalize(peer, f"{result.status.value} block: {result.reason}")
         elif result.status is BlockStatus.MISSING and result.reason == "parent block is unknown":
-            self.jobs.put(("sync", None, None))  # its ancestors come with the next sync
+            self.sync.request_sync()  # its ancestors come with the next sync
         return result
 
     def verify_claims(self) -> BlockResult | None:
         """Phase-2 verification; the winning block is announced."""
         result = self.core.verify_claims(time.time(), time.time)
         if result is not None and result.status in (BlockStatus.CONNECTED, BlockStatus.SIDE_BRANCH):
-            self.gossip.publish("block", self.chain.get_block_bytes(result.block_hash))
+            self.gossip.publish_block(self.chain.get_block(result.block_hash))
         return result
 
     # --- the clock ------------------------------------------------------------------------
@@ -249,4 +252,4 @@ class FullNode:
                 self.jobs.put(("prune", None, None))  # in the worker: never while a verification reads the blobs
             if now >= next_sync:
                 next_sync = now + SYNC_INTERVAL
-                self.jobs.put(("sync", None, None))
+                self.sync.request_sync()

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from consensus.forkchoice import ChainScore  # noqa: E402
-from fullnode.messages import BlocksRequest, BlocksResponse, HeadersResponse, StatusMessage  # noqa: E402
+from fullnode.messages import (  # noqa: E402
+    BlocksRequest, BlocksResponse, BodyRequest, FullBlock, HeaderAnnouncement, HeadersResponse, StatusMessage,
+)
 from pouw.encoding import Fixed, MaxLen  # noqa: E402
 from pouw.seg.spec import ModelSpec, TrainSpec  # noqa: E402
 from pouw.types import (  # noqa: E402
@@ -28,8 +30,11 @@ from pouw.types import (  # noqa: E402
 
 WIRE_TYPES = (
     Transfer, TaskSubmission, Bond, Unbond, ModelSpec, TrainSpec, BlobRef, Commit, KeyReveal, CheckpointRef, WorkProof,
-    BlockHeader, BlockBody, ClaimEvidence, Block, Claim, StatusMessage, ChainScore, BlocksRequest, BlocksResponse, HeadersResponse,
+    BlockHeader, BlockBody, ClaimEvidence, Block, Claim, FullBlock, HeaderAnnouncement, StatusMessage, ChainScore,
+    BlocksRequest, BlocksResponse, HeadersResponse, BodyRequest,
 )
+TAGGED_KINDS = {FullBlock: "block message", HeaderAnnouncement: "block message"}
+"""Tagged types that are not transactions: what their tag is a tag of."""
 BEGIN = "<!-- wire-types:begin (scripts/wire_doc.py --write) -->"
 END = "<!-- wire-types:end -->"
 
@@ -60,7 +65,7 @@ def render() -> str:
     out = [BEGIN]
     for cls in WIRE_TYPES:
         hints = typing.get_type_hints(cls, include_extras=True)
-        tag = f" (transaction tag {cls.TAG})" if hasattr(cls, "TAG") else ""
+        tag = f" ({TAGGED_KINDS.get(cls, 'transaction')} tag {cls.TAG})" if hasattr(cls, "TAG") else ""
         out += ["", f"**{cls.__name__}**{tag}: {cls.__doc__.splitlines()[0]}", "", "| # | field | type |", "|---|---|---|"]
         for i, field in enumerate(dataclasses.fields(cls)):
             out.append(f"| {i} | `{field.name}` | {describe(hints[field.name])} |")

@@ -528,6 +528,9 @@ class P2PNode:
             )
         if not self._running:
             raise P2PError("the p2p node is not running")
+        # A message we dropped on arrival (IGNORE, e.g. a block before its work was checked) and now vouch
+        # for has the same id: forget that verdict, or pubsub would drop our own publication unseen.
+        self.pubsub.validation_cache._remove(hashlib.sha256(topic.encode() + b"\x00" + bytes(data)).digest())
         await self.pubsub.publish(topic, bytes(data))
 
     def topic_peers(self, topic: str) -> list[ID]:

@@ -21,7 +21,7 @@ import pytest
 from consensus.chainstate import BlockStatus
 from consensus.fixtures import make_keypair, make_next_block, make_test_params
 from fullnode.config import NodeConfig
-from fullnode.messages import get_topic
+from fullnode.messages import FullBlock, get_topic
 from fullnode.node import FullNode
 from pouw.encoding import encode
 from pouw.p2p.node import P2PNode
@@ -82,7 +82,7 @@ def test_a_block_breaking_a_rule_is_refused_before_any_blob_is_fetched(tmp_path)
         peer_thread.call(peer.subscribe, topic, None, None)
         peer_thread.call(peer.connect, node.p2p_addrs()[0])
         peer_thread.call(peer.wait_for_topic_peers, topic, 1, 20.0)
-        peer_thread.call(peer.publish, topic, encode(hostile))
+        peer_thread.call(peer.publish, topic, encode(FullBlock(hostile)))
         deadline = time.time() + 20
         while node.chain.get_invalid_reason(hostile.hash) is None and time.time() < deadline:
             time.sleep(0.1)

@@ -16,7 +16,7 @@ import pytest
 from consensus.fixtures import make_keypair, make_next_block
 from consensus.genesis import make_devnet_params
 from fullnode.config import NodeConfig
-from fullnode.messages import get_topic
+from fullnode.messages import FullBlock, get_topic
 from fullnode.node import FullNode
 from pouw.encoding import encode
 from pouw.p2p.node import P2PNode
@@ -44,7 +44,7 @@ def test_a_far_future_block_is_refused_and_its_sender_penalised(tmp_path):
         me = peer.peer_id
         before = node.p2p_thread.call_sync(node.p2p.score, me)
         for block in (future, near_future):
-            thread.call(peer.publish, topic, encode(block))
+            thread.call(peer.publish, topic, encode(FullBlock(block)))
         deadline = time.time() + 20
         while sum("refused block" in line for line in lines) < 2 and time.time() < deadline:
             time.sleep(0.1)
