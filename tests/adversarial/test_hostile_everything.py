@@ -10,9 +10,10 @@ mines the next block. The node must answer every `getinfo` within 1 s
 (each call timed), ban every attacker, store and relay none of the junk,
 never disconnect its own chain, and end on the honest tip.
 
-TODO(slow-drip): the slow-drip blob server (helper branch h-prune) joins
-here as one more attacker: a side block whose work link points at it, fed
-to the flood below (`junk` gets that block too); the assertions stay.
+The honest block 2 names only a slow-drip blob server as its link (one
+byte every 0.2 s: each read succeeds, the whole never ends), so the victim
+must give up on it within its fetch limits and take the blobs from a peer
+over libp2p while everything else goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from hostile_peers import HostilePeer, MiB, RpcWatch, blocks_answer, make_lying_
 from pouw.encoding import encode
 from pouw.types import Block
 from realblocks import mine_standing_block
+from test_hostile_block_links import drip
+from test_hostile_fetch import ScriptedServer
 
 pytestmark = pytest.mark.slow
 
@@ -105,12 +108,14 @@ def test_a_node_under_every_attack_keeps_answering_and_ends_on_the_honest_tip(tm
         observer.join("block")
         topic = flooder.join("block")
 
+        dripping = ScriptedServer(drip)
+        peers.append(dripping)
         with RpcWatch(victim, interval=0.05) as watch:
             for peer in attackers:
                 peer.connect(victim)
             for block in junk:
                 flooder.publish(topic, encode(FullBlock(block)))
-            block2 = mine_standing_block(honest.chain.state(), PARAMS, HONEST, honest.blobs, honest.get_blob_url(),
+            block2 = mine_standing_block(honest.chain.state(), PARAMS, HONEST, honest.blobs, dripping.url(""),
                                          tmp_path / "miner2", seconds=2.0)
             assert honest.take_block(block2, None).status is BlockStatus.CONNECTED  # announced to the victim
             wait_until(lambda: victim.chain.tip_hash == block2.hash, 120, "the victim on the honest tip")
@@ -125,9 +130,10 @@ def test_a_node_under_every_attack_keeps_answering_and_ends_on_the_honest_tip(tm
         assert not relayed & {encode(FullBlock(b)) for b in junk}, "junk was relayed"
         assert encode(FullBlock(block2)) in relayed, "the honest block was not relayed"
         assert victim.chain.tip_hash == block2.hash
+        assert dripping.requests, "the victim never tried the dripping link"
     finally:
         for peer in peers:
-            peer.stop()
+            peer.close() if isinstance(peer, ScriptedServer) else peer.stop()
         if victim is not None:
             victim.stop()
         honest.stop()
