@@ -115,6 +115,8 @@ def test_dice_after_three_epochs(tmp_path):
 
 
 # -- chain identity and consensus seeds (consensus.genesis, consensus.rules) ------------------
+# The training seed, commit binding, body root and Merkle roots are pinned in
+# tests/test_known_answers_consensus.py.
 # The chain id hashes every chain parameter, so any change of a consensus
 # parameter (a standing-task field, a bond, a phase length) moves these pins.
 
@@ -125,8 +127,6 @@ CHAIN_PINS = {
     "main": ("34acbf6fc2e027a9fe28b721e87c069f34e95242630f581442e55bb7ac73f9d3",
              "2fbcc48e66672df3a1ae1f7ad23239f10c082c92e4491b6863700d1eb20f78d3"),
 }
-TRAINING_SEED = "d060464000ed4dc19a571f419cd9914e6dc89d48d27fbd5992f3397fdf1e4768"
-"""compute_training_seed(prev_hash=SEED, miner=reversed SEED)."""
 STANDING_SEEDS = ("ba911395bf8eed89f255a8f88e98ba2cf6ae7a96ff97138086dd8b621571ee8b",
                   "2a6f00d0637f26b8a0a4442f4700127e349ded149ad61df6d280b4fec607e0c4")
 """compute_standing_seed(SEED, "train") and (SEED, "test")."""
@@ -144,12 +144,6 @@ def test_chain_id_and_genesis_hash(network):
     assert (params.chain_id.hex(), make_genesis_block(params).hash.hex()) == CHAIN_PINS[network]
 
 
-def test_training_seed():
-    from consensus.rules import compute_training_seed
-
-    assert compute_training_seed(SEED, SEED[::-1]).hex() == TRAINING_SEED
-
-
 def test_standing_seeds():
     from consensus.rules import compute_standing_seed
 
@@ -165,33 +159,3 @@ def test_replay_seed_and_segments():
     checkpoints = [CheckpointRef(bytes([i]) * 32, 100, (i * 7919) % 101) for i in range(26)]
     assert compute_replay_segments(seed, checkpoints, 2, 1) == REPLAY_SEGMENTS
 
-
-PUBLIC_KEY = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
-"""KeyPair.from_seed(SEED).public_key (Ed25519)."""
-COMMIT_BINDING = "92b1ce62d5311a5cd3ab10bf7598fcc2c1ff7400b7e0b87b7184f376129e0c39"
-"""compute_commit_binding(model digest SEED, PUBLIC_KEY)."""
-BODY_ROOT = "3ff7ed4661a8e3dbefdeb5d0bb9c2857ae42ca289764ff5b0c490182a01268b8"
-"""compute_body_root_of a signed commit, a work proof, one key reveal, no transactions, no evidence (below)."""
-
-
-def test_commit_binding():
-    from consensus.rules import compute_commit_binding
-    from pouw.keys import KeyPair
-
-    keypair = KeyPair.from_seed(SEED)
-    assert keypair.public_key.hex() == PUBLIC_KEY
-    assert compute_commit_binding(SEED, keypair.public_key).hex() == COMMIT_BINDING
-
-
-def test_body_root():
-    from consensus.assemble import make_commit
-    from consensus.rules import compute_body_root_of, compute_merkle_root
-    from pouw.keys import KeyPair
-    from pouw.types import CheckpointRef, KeyReveal, WorkProof
-
-    checkpoints = (CheckpointRef(b"\x01" * 32, 1000, 0), CheckpointRef(b"\x02" * 32, 1000, 12345))
-    commit = make_commit(KeyPair.from_seed(SEED), 7, 9, SEED[::-1], SEED, checkpoints)  # Ed25519 signs deterministically
-    work = WorkProof(SEED, 5000, checkpoints, ("http://127.0.0.1:1",), 812_345)
-    reveals = (KeyReveal(SEED[::-1], 1, b"\x07" * 32),)
-    empty = compute_merkle_root([])
-    assert compute_body_root_of(commit, work, reveals, empty, empty).hex() == BODY_ROOT
