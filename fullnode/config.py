@@ -73,6 +73,8 @@ class NodeConfig:
     prune: bool = True
     """Delete blobs nobody needs from this node any more (losing claims after their slot, the winner's checkpoints and
     its task's data once final; the winning model stays); False (`--keep-all`) keeps every blob."""
+    prune_keep_blocks: int = 288
+    """Recent best-chain blocks whose verification blobs a pruning node keeps for peers that sync from it."""
 
 
 def save_params(datadir: Path, params: ChainParams) -> Path:

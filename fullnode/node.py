@@ -80,7 +80,8 @@ class FullNode:
         )
         # Blobs: prefetch scheduled tasks' data in Phase 1; prune after each slot unless --keep-all.
         self.prefetcher = TaskPrefetcher(self.core, self.fetcher, self.log)
-        self.pruner = Pruner(self.core, self.blobs, self.fetcher, self.datadir, self.log) if config.prune else None
+        self.pruner = (Pruner(self.core, self.blobs, self.fetcher, self.datadir, self.log, config.prune_keep_blocks)
+                       if config.prune else None)
         self.jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -11,9 +11,14 @@ and with the encrypted datasets of every task. The rules
     (a block not yet judged keeps them: its verification may be reading
     them; one still missing an hour after its last fetch loses them);
   * a best-chain block that became **final** (`finality_depth` blocks below
-    the tip: the node never reorganises past it): its checkpoints go, and so
-    do its task's dataset blobs and their decrypted copy in the work cache;
-    its model stays (publishers fetch it with `pouw task results`);
+    the tip: the node never reorganises past it): the checkpoints its
+    verification plan does not name go, and the decrypted copy of its task's
+    data in the work cache; what a peer needs to verify it (the plan's
+    checkpoints and the task's dataset blobs) stays until the block is
+    `keep_blocks` (288 by default, as Bitcoin Core's pruned nodes keep 288
+    blocks) below the tip, so peers syncing from this node can verify the
+    recent chain; its model stays for good (publishers fetch it with
+    `pouw task results`);
   * never deleted: every blob of a best-chain block within the finality
     window (peers syncing within the window fetch them from this node), every
     winning model, and the dataset blobs of tasks not yet final (waiting,
@@ -42,6 +47,7 @@ from typing import Callable, Iterable
 from consensus.chainstate import INDEX_VALID, ChainState
 from consensus.clock import get_phase_point
 from consensus.rules import get_task_submission
+from consensus.work import get_blob_digests
 from pouw.blobstore import BlobStore
 from pouw.types import Block, ChainParams, TaskSubmission
 
@@ -137,9 +143,20 @@ def get_window_digests(chain: ChainState, params: ChainParams, state, first: int
     return out
 
 
+def get_verify_digests(chain: ChainState, params: ChainParams, state, first: int, last: int) -> set[bytes]:
+    """What a peer needs to verify the best chain's heights first..last: models, planned checkpoints, task data."""
+    out: set[bytes] = set()
+    for height in range(max(1, first), last + 1):
+        block = chain.get_block_at(height)
+        task = get_task_submission(state, params, block.header.task_id)
+        out.update(get_blob_digests(task, block.header.task_mode, block, params))
+    return out
+
+
 def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pruned_through: int,
                        fetched: Iterable[FetchedWork], kept_tasks: Iterable[TaskSubmission],
-                       winning_models: Iterable[bytes], undecided_before: float = float("-inf")) -> PrunePlan:
+                       winning_models: Iterable[bytes], undecided_before: float = float("-inf"),
+                       keep_blocks: int = 0) -> PrunePlan:
     """The blobs to delete now (see the module doc); reads the chain under its lock, changes nothing.
 
     `slot` is the current slot by the clock; `pruned_through` the best-chain
@@ -147,13 +164,16 @@ def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pru
     model and checkpoints the node asked for; `kept_tasks` the tasks whose
     dataset blobs must stay; `winning_models` the models of final heights;
     a block still without a verdict is dealt with only when its blobs were
-    asked for before `undecided_before` (a time.time()).
+    asked for before `undecided_before` (a time.time()); what peers need to
+    verify the last `keep_blocks` best-chain blocks stays.
     """
     with chain.lock:
         state = chain.state()
         tip = chain.tip_height
         final_top = max(0, tip - params.finality_depth)
         keep = set(winning_models) | get_window_digests(chain, params, state, final_top + 1, tip)
+        serve_top = max(0, tip - max(params.finality_depth, keep_blocks))
+        keep |= get_verify_digests(chain, params, state, serve_top + 1, final_top)
         for task in kept_tasks:
             keep.update(get_dataset_digests(task))
         candidates: set[bytes] = set()
@@ -165,6 +185,10 @@ def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pru
             task = get_task_submission(state, params, block.header.task_id)
             if task is not None:
                 final_tasks.append(task.task_id)
+        lag = final_top - serve_top  # heights whose verification blobs outlived their finality: theirs go now
+        for height in range(max(1, pruned_through + 1 - lag), serve_top + 1):
+            keep.update(get_work_digests(chain.get_block_at(height))[:1])
+            candidates |= get_window_digests(chain, params, state, height, height)
         done: list[bytes] = []
         losers = 0
         for entry in fetched:
@@ -213,8 +237,10 @@ class Pruner:
     """The pruning job: after each slot, delete what `compute_prune_plan` says (see the module doc)."""
 
     def __init__(self, core: NodeCore, blobs: BlobStore, fetcher: BlobFetcher, datadir: Path,
-                 log_fn: Callable[[str], None] | None = None):
+                 log_fn: Callable[[str], None] | None = None, keep_blocks: int = 288):
         self.core = core
+        self.keep_blocks = keep_blocks
+        """Best-chain blocks below the tip whose verification blobs stay, for peers that sync from this node."""
         self.params = core.params
         self.blobs = blobs
         self.fetcher = fetcher
@@ -248,7 +274,7 @@ class Pruner:
         plan = compute_prune_plan(
             self.core.chain, self.params, slot=get_phase_point(self.params, now).slot, pruned_through=self.pruned_through,
             fetched=fetched, kept_tasks=get_kept_tasks(self.core), winning_models=self._winning_models,
-            undecided_before=now - UNDECIDED_SECONDS,
+            undecided_before=now - UNDECIDED_SECONDS, keep_blocks=self.keep_blocks,
         )
         count, freed = self._delete(plan.delete)
         for task_id in plan.final_tasks:

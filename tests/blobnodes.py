@@ -27,10 +27,11 @@ from realblocks import mine_standing_block
 
 
 def start_node(root: Path, name: str, params: ChainParams, *, bootstrap=(), prune: bool = True,
-               limits=None) -> FullNode:
+               limits=None, keep_blocks: int = 288) -> FullNode:
     """A real full node on loopback; `node.lines` holds what it logged; `limits` replaces its fetch limits."""
     lines: list[str] = []
-    node = FullNode(NodeConfig(datadir=root / name, params=params, rpc_port=0, bootstrap=list(bootstrap), prune=prune),
+    node = FullNode(NodeConfig(datadir=root / name, params=params, rpc_port=0, bootstrap=list(bootstrap), prune=prune,
+                                    prune_keep_blocks=keep_blocks),
                     log_fn=lines.append)
     node.lines = lines
     if limits is not None:

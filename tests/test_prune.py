@@ -104,7 +104,7 @@ def client(node) -> RpcClient:
 @pytest.mark.slow
 def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs_within_it(tmp_path, mined):
     miner = mined.serve()
-    pruned = start_node(tmp_path, "pruned", PARAMS)
+    pruned = start_node(tmp_path, "pruned", PARAMS, keep_blocks=R)  # verification blobs go at finality too
     syncing = start_node(tmp_path, "syncing", PARAMS)
     try:
         now = time.time()
@@ -112,7 +112,8 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
             assert pruned.core.process_block(block, now).is_valid
         assert pruned.chain.get_hash_at(1) == mined.winner.hash
         assert syncing.core.process_block(mined.winner, now).status is BlockStatus.CONNECTED
-        assert all(held(pruned, fetched(mined.loser)))
+        # Both claims were fetched and verified (the loser's slot is long over: a pass may prune it at any moment).
+        assert pruned.work_checker.verified == 2
 
         # After the slot: the loser's model and checkpoints go; the winner (within the window) keeps everything.
         wait_until(lambda: not any(held(pruned, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the loser pruned")
@@ -167,7 +168,7 @@ def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tm
         miner.close()
 
     # The same data directory, now pruning: the first pass finds the side block stored before the restart.
-    node = start_node(tmp_path, "archive", PARAMS)
+    node = start_node(tmp_path, "archive", PARAMS, keep_blocks=R)
     try:
         wait_until(lambda: not any(held(node, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the old loser pruned")
         wait_until(lambda: not any(held(node, checkpoints(mined.winner))), 3 * SLOT_SECONDS, "the final winner pruned")
@@ -178,3 +179,21 @@ def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tm
         assert marker["pruned_through"] == 1 and marker["block_hash"] == mined.winner.hash.hex()
     finally:
         node.stop()
+
+
+@pytest.mark.slow
+def test_by_default_a_final_winner_keeps_what_a_syncing_peer_needs_to_verify_it(tmp_path, mined):
+    """The sync of a new node verifies recent blocks: a pruning node keeps their model, planned checkpoints and data."""
+    miner = mined.serve()
+    node = start_node(tmp_path, "default", PARAMS)
+    try:
+        now = time.time()
+        for block in (mined.winner, mined.loser, *mined.rest):
+            assert node.core.process_block(block, now).is_valid
+        wait_until(lambda: not any(held(node, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the loser pruned")
+        assert node.chain.tip_height - 1 >= R  # height 1 is final
+        for block in (mined.winner, *mined.rest):
+            assert all(held(node, fetched(block)))
+    finally:
+        node.stop()
+        miner.close()
