@@ -245,25 +245,25 @@ class GossipAdapter:
         return self.core.submit_commit(decode(Commit, data, max_size=MAX_COMMIT_MESSAGE), now)
 
     def _on_claim(self, data: bytes, now: float, peer) -> Verdict | Wanted | None:
-        message = decode(BlockMessage, data, max_size=self.p2p.max_gossip_payload)
-        if isinstance(message, HeaderAnnouncement):
-            return self.check_announcement(message.header, "claim", now)
-        block = message.block
-        if not is_body_of(block.header, block.body, len(encode(block.body))):
-            return Verdict(False, "malformed", "the body does not match the header")
-        return self.take_claim(block, now)
+        got = self._open_block_message(data, "claim", now)
+        return self.take_claim(got, now) if isinstance(got, Block) else got
 
     def _on_key(self, data: bytes, now: float, peer) -> Verdict:
         return self.core.submit_key_reveal(decode(KeyReveal, data, max_size=MAX_KEY_MESSAGE), now)
 
     def _on_block(self, data: bytes, now: float, peer) -> Verdict | Wanted | None:
+        got = self._open_block_message(data, "block", now)
+        return self.take_block(got, now, peer) if isinstance(got, Block) else got
+
+    def _open_block_message(self, data: bytes, kind: str, now: float) -> Block | Verdict | Wanted | None:
+        """A whole block whose body matches its header; for an announcement, what to do about it instead."""
         message = decode(BlockMessage, data, max_size=self.p2p.max_gossip_payload)
         if isinstance(message, HeaderAnnouncement):
-            return self.check_announcement(message.header, "block", now)
+            return self.check_announcement(message.header, kind, now)
         block = message.block
         if not is_body_of(block.header, block.body, len(encode(block.body))):
             return Verdict(False, "malformed", "the body does not match the header")
-        return self.take_block(block, now, peer)
+        return block
 
     # --- whole claims and blocks, however they came ---------------------------------------
     def take_claim(self, block: Block, now: float) -> Verdict:

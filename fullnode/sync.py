@@ -113,14 +113,18 @@ def get_locator(chain: ChainState) -> tuple[bytes, ...]:
         return tuple(chain.get_hash_at(h) for h in compute_locator_heights(chain.tip_height))
 
 
+def get_fork_height(chain: ChainState, locator: tuple[bytes, ...]) -> int:
+    """Height of the newest locator hash on our best chain (0, genesis, when none is); call under the chain's lock."""
+    for block_hash in locator:
+        if chain.is_on_best_chain(block_hash):
+            return chain.get_index(block_hash).height
+    return 0
+
+
 def get_blocks_after(chain: ChainState, request: BlocksRequest) -> BlocksResponse:
     """Best-chain blocks after the newest locator hash that is on our best chain (up to the response limits)."""
     with chain.lock:
-        start = 0
-        for block_hash in request.locator:
-            if chain.is_on_best_chain(block_hash):
-                start = chain.get_index(block_hash).height
-                break
+        start = get_fork_height(chain, request.locator)
         out, size = [], 0
         last = min(chain.tip_height, start + min(request.max_blocks, MAX_SYNC_BLOCKS))
         for height in range(start + 1, last + 1):
@@ -135,11 +139,7 @@ def get_blocks_after(chain: ChainState, request: BlocksRequest) -> BlocksRespons
 def get_headers_after(chain: ChainState, request: BlocksRequest) -> HeadersResponse:
     """Best-chain headers after the newest locator hash on our best chain (at most MAX_HEADERS)."""
     with chain.lock:
-        start = 0
-        for block_hash in request.locator:
-            if chain.is_on_best_chain(block_hash):
-                start = chain.get_index(block_hash).height
-                break
+        start = get_fork_height(chain, request.locator)
         last = min(chain.tip_height, start + min(request.max_blocks, MAX_HEADERS))
         return HeadersResponse(tuple(chain.get_block_at(h).header for h in range(start + 1, last + 1)))
 
