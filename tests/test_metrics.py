@@ -100,8 +100,9 @@ def test_scrape_shows_tip_peers_mempool_claims_verification_and_fetches(tmp_path
         for got in (got_a, got_b):
             assert got["pouw_blob_bytes_fetched_total"] >= work.model_size
             assert got["pouw_verification_seconds_count"] >= 1 and got["pouw_verification_seconds_sum"] > 0
+        # More when a losing claim or a later block was fetched before the scrape.
         plan = compute_work_plan(block, params).checkpoints
-        assert got_a["pouw_blob_bytes_fetched_total"] == work.model_size + sum(work.checkpoints[i].size for i in plan)
+        assert got_a["pouw_blob_bytes_fetched_total"] >= work.model_size + sum(work.checkpoints[i].size for i in plan)
     finally:
         stop.set()
         if thread is not None:
