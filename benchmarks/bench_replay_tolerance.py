@@ -44,7 +44,8 @@ from pouw.seg.launch import train_on_devices  # noqa: E402
 from pouw.seg.spec import ModelSpec, TrainSpec  # noqa: E402
 from pouw.seg.train import replay_segment  # noqa: E402
 from pouw.seg.verify import REPLAY_TOLERANCE, compute_momentum_distance, compute_replay_distance  # noqa: E402
-from pouw.seg.weights import decode_checkpoint, decode_model  # noqa: E402
+from pouw.seg.checkpoints import load_checkpoint  # noqa: E402
+from pouw.seg.weights import decode_model  # noqa: E402
 
 SEED = bytes(range(32))
 MARGIN = 2.0
@@ -109,7 +110,7 @@ def run_training(task: dict, dataset, effect: dict, store: BlobStore, seed: byte
 
 def measure_segments(store: BlobStore, digests, dataset) -> list[tuple[float, float]]:
     """(weights distance, momentum distance) of every segment, replayed as a verifier does."""
-    cks = [decode_checkpoint(store.get_bytes(d)) for d in digests]
+    cks = [load_checkpoint(store, d) for d in digests]
     out = []
     for before, after in zip(cks, cks[1:]):
         weights, state = replay_segment(before, after.position, dataset)
@@ -121,7 +122,7 @@ def measure_segments(store: BlobStore, digests, dataset) -> list[tuple[float, fl
 
 def measure_forgeries(dataset, store: BlobStore, digests) -> dict[str, float]:
     """The smallest distance each kind of forged segment reaches (weights distance)."""
-    cks = [decode_checkpoint(store.get_bytes(d)) for d in digests]
+    cks = [load_checkpoint(store, d) for d in digests]
     states = [decode_model(ck.model_file, ck.model_spec) for ck in cks]
     forged: dict[str, list[float]] = {"interpolated path": [], "noise 10% of the step": [], "doubled step": []}
     init, final = states[0], states[-1]

@@ -81,9 +81,9 @@ def make_task(publisher: KeyPair, reward: int, nonce: int, label: str = "t", fee
 
 def make_checkpoint_refs(model_digest: bytes, segments: int = 2) -> tuple[CheckpointRef, ...]:
     """Made-up trajectory leaves for `model_digest`: checkpoint 0 and `segments` segments."""
-    refs = [CheckpointRef(hashlib.sha256(b"ckpt/0/" + model_digest).digest(), 1000, 0)]
+    refs = [CheckpointRef(hashlib.sha256(b"ckpt/0/" + model_digest).digest(), 1000, 3000, 0)]
     for i in range(1, segments + 1):
-        refs.append(CheckpointRef(hashlib.sha256(b"ckpt/%d/" % i + model_digest).digest(), 1000, 1_000_000 // i))
+        refs.append(CheckpointRef(hashlib.sha256(b"ckpt/%d/" % i + model_digest).digest(), 1000, 3000, 1_000_000 // i))
     return tuple(refs)
 
 

@@ -156,14 +156,27 @@ def compute_replay_segments(seed: bytes, checkpoints, top_q: int, random_count: 
     return sorted(chosen)
 
 
+def compute_state_sample(seed: bytes, index: int, shard_count: int) -> int:
+    """The optimizer-state shard a verifier reads at checkpoint `index` where a replayed segment ends.
+
+    Drawn from the replay seed, so unknown while the miner trains: a
+    forged momentum must differ from the replayed one nearly everywhere to
+    steer the next segment, and any shard shows it.
+    """
+    if shard_count < 1:
+        raise ValueError("a checkpoint with no optimizer-state shard has none to draw")
+    draw = sha256(b"pouw/state-sample/v1\x00" + seed + index.to_bytes(4, "big"))
+    return int.from_bytes(draw[:8], "big") % shard_count
+
+
 def compute_claim_bond(params: ChainParams, work) -> int:
     """The bond a claim's miner must hold: a base plus a price per MiB a verifier fetches for it.
 
-    A verifier fetches the model and, for each replayed segment, its two
-    checkpoints (bounded by the largest declared checkpoint size), so the
-    bond grows with what a false claim makes every node spend.
+    A verifier fetches the model and, for each replayed segment, at most two
+    whole checkpoints (bounded by the largest declared checkpoint: header and
+    parts), so the bond grows with what a false claim makes every node spend.
     """
-    biggest = max((c.size for c in work.checkpoints), default=0)
+    biggest = max((c.size + c.parts_size for c in work.checkpoints), default=0)
     pairs = params.replay_top_q + params.replay_random
     fetched = work.model_size + 2 * pairs * biggest
     return params.claim_bond_base + params.claim_bond_per_mib * -(-fetched // (1 << 20))

@@ -17,6 +17,7 @@ from pouw.types import (
     DICE_SCALE,
     KEY_TEST,
     KEY_TRAIN,
+    MAX_CHECKPOINT_HEADER_BYTES,
     MODE_NO_TEST_KEY,
     MODE_NO_TRAIN_KEY,
     MODE_NORMAL,
@@ -244,6 +245,8 @@ def check_commit(header: BlockHeader, commit: Commit, work: WorkProof) -> None:
     require(work.dice_ppm == header.dice_ppm, "work and header claim different Dice")
     require(len(work.checkpoints) >= 2, "work needs the initial checkpoint and at least one trained segment")
     require(work.checkpoints[0].update_norm == 0, "checkpoint 0 declares a weight update")
+    require(all(0 < c.size <= MAX_CHECKPOINT_HEADER_BYTES and c.parts_size > 0 for c in work.checkpoints),
+            f"a checkpoint header is empty or over {MAX_CHECKPOINT_HEADER_BYTES} bytes, or names no parts")
     require(commit.trajectory_root == compute_trajectory_root(work.checkpoints), "the checkpoints are not the committed trajectory")
 
 

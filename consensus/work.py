@@ -34,6 +34,7 @@ from pouw.seg.verify import (
     load_checkpoint_blob,
     replay_checkpoint_segment,
 )
+from pouw.seg.checkpoints import get_header_parts, read_checkpoint_header
 from pouw.seg.weights import ZERO_DIGEST, WeightsError, compute_update_norm, decode_model, encode_model
 from pouw.taskpack import unpack_blob
 from pouw.blobcrypt import DecryptError
@@ -52,6 +53,7 @@ from consensus.rules import (
     compute_norm_micro,
     compute_replay_seed,
     compute_replay_segments,
+    compute_state_sample,
     compute_standing_seed,
     compute_training_seed,
     get_task_submission,
@@ -85,7 +87,8 @@ def make_checkpoint_refs(checkpoint_digests, update_norms, blobs: BlobStore) -> 
     if len(update_norms) != len(checkpoint_digests) - 1:
         raise ValueError("one update norm per trained segment is needed")
     norms = (0,) + tuple(compute_norm_micro(n) for n in update_norms)
-    return tuple(CheckpointRef(d, blobs.size(d), n) for d, n in zip(checkpoint_digests, norms))
+    return tuple(CheckpointRef(d, blobs.size(d), read_checkpoint_header(blobs, d).parts_size, n)
+                 for d, n in zip(checkpoint_digests, norms))
 
 
 FULL_TRAJECTORY_BYTES = 32 << 20
@@ -103,8 +106,20 @@ class WorkPlan:
     segments: tuple[int, ...]
     """Segments replayed (segment i runs from checkpoint i-1 to checkpoint i): top-Q declared norms, then random draws."""
     checkpoints: tuple[int, ...]
-    """Indices of the checkpoints fetched: both ends of every replayed segment and the last one, or all of them when
-    the trajectory is small (FULL_TRAJECTORY_BYTES)."""
+    """Indices of the checkpoints read (header and weights): both ends of every replayed segment and the last one, or
+    all of them when the trajectory is small (FULL_TRAJECTORY_BYTES)."""
+    whole: tuple[int, ...]
+    """Those whose whole optimizer state is read: each replayed segment's start (all, when the trajectory is small)."""
+    seed: bytes
+    """The replay seed: it drew the random segments and draws the state shard read at each segment's end."""
+
+    def get_state_shards(self, index: int, shard_count: int) -> tuple[int, ...] | None:
+        """The optimizer-state shards read at checkpoint `index` (None: all of them, whole)."""
+        if index in self.whole:
+            return None
+        if index in self.segments and shard_count > 0:
+            return (compute_state_sample(self.seed, index, shard_count),)
+        return ()
 
 
 def compute_work_plan(block: Block, params: ChainParams) -> WorkPlan:
@@ -113,27 +128,54 @@ def compute_work_plan(block: Block, params: ChainParams) -> WorkPlan:
     seed = compute_replay_seed(block.header.prev_hash, block.header.miner, commit.trajectory_root, block.body.key_reveals)
     segments = compute_replay_segments(seed, work.checkpoints, params.replay_top_q, params.replay_random)
     last = len(work.checkpoints) - 1
-    if sum(c.size for c in work.checkpoints) <= FULL_TRAJECTORY_BYTES:
-        return WorkPlan(tuple(segments), tuple(range(last + 1)))
+    if sum(c.size + c.parts_size for c in work.checkpoints) <= FULL_TRAJECTORY_BYTES:
+        every = tuple(range(last + 1))
+        return WorkPlan(tuple(segments), every, every, seed)
     needed = {last}
     for i in segments:
         needed |= {i - 1, i}
-    return WorkPlan(tuple(segments), tuple(sorted(needed)))
+    return WorkPlan(tuple(segments), tuple(sorted(needed)), tuple(sorted(i - 1 for i in segments)), seed)
+
+
+def get_work_blobs(block: Block, params: ChainParams | None, blobs: BlobStore | None = None) -> dict[bytes, int]:
+    """The blobs verifying `block`'s work reads, with their sizes: the model and its plan's checkpoint headers, then,
+    for each of those headers already in `blobs`, the weights and the optimizer-state shards the plan reads.
+
+    A header that is malformed or does not match its CheckpointRef adds
+    nothing: verification refuses it without fetching more. Without
+    `params` every checkpoint is read whole.
+    """
+    work = block.body.work
+    if work is None:
+        return {}
+    wanted = {work.model_digest: work.model_size}
+    plan = compute_work_plan(block, params) if params is not None else None
+    indices = plan.checkpoints if plan is not None else range(len(work.checkpoints))
+    for i in indices:
+        ref = work.checkpoints[i]
+        wanted.setdefault(ref.digest, ref.size)
+        if blobs is None or not blobs.has(ref.digest):
+            continue
+        try:
+            header = read_checkpoint_header(blobs, ref.digest, ref.parts_size)
+        except (WeightsError, OSError):
+            continue
+        shards = plan.get_state_shards(i, len(header.shards)) if plan is not None else None
+        for part in get_header_parts(header, shards):
+            wanted.setdefault(part.digest, part.size)
+    return wanted
 
 
 def get_blob_digests(task: TaskSubmission | None, mode: int, block: Block | None = None,
-                     params: ChainParams | None = None) -> list[bytes]:
-    """Blobs a node must hold to verify a block: the task's dataset blobs, the model, and the checkpoints of its plan."""
+                     params: ChainParams | None = None, blobs: BlobStore | None = None) -> list[bytes]:
+    """Blobs a node must hold to verify a block: the task's dataset blobs and `get_work_blobs`."""
     digests: list[bytes] = []
     if not is_standing_work(task, mode):
         digests.append(task.train_blob.digest)
         if mode != MODE_NO_TEST_KEY:
             digests.append(task.test_blob.digest)
-    if block is not None and block.body.work is not None:
-        work = block.body.work
-        digests.append(work.model_digest)
-        indices = compute_work_plan(block, params).checkpoints if params is not None else range(len(work.checkpoints))
-        digests.extend(work.checkpoints[i].digest for i in indices)
+    if block is not None:
+        digests.extend(get_work_blobs(block, params, blobs))
     return digests
 
 
@@ -311,7 +353,14 @@ def check_trajectory(blobs: BlobStore, work, plan: WorkPlan, data: WorkData, see
     checkpoints, weights = {}, {}
     world = None
     for i in plan.checkpoints:
-        ck = load_checkpoint_blob(blobs, refs[i].digest, i)
+        try:
+            header = read_checkpoint_header(blobs, refs[i].digest, refs[i].parts_size)
+        except WeightsError as exc:
+            raise WorkInvalid(f"checkpoint {i}: {exc}") from None
+        if i == last and header.weights.digest != work.model_digest:
+            raise WorkInvalid("the last checkpoint's weights are not the claimed model")
+        ck = load_checkpoint_blob(blobs, refs[i].digest, i, plan.get_state_shards(i, len(header.shards)),
+                                  refs[i].parts_size)
         world = ck.world_size if world is None else world
         prev = refs[i - 1].digest if i > 0 else ZERO_DIGEST
         weights[i] = check_checkpoint(ck, i, prev, model_spec=data.model, train_spec=data.train, layout=layout,
@@ -321,8 +370,6 @@ def check_trajectory(blobs: BlobStore, work, plan: WorkPlan, data: WorkData, see
         checkpoints[i] = ck
         if i - 1 in weights and not is_norm_declared_right(refs[i].update_norm, compute_update_norm(weights[i - 1], weights[i])):
             raise WorkInvalid(f"checkpoint {i} declares an update norm its weights do not have")
-    if checkpoints[last].model_file != model_file:
-        raise WorkInvalid("the last checkpoint's weights are not the claimed model")
     initial = weights[0] if 0 in weights else decode_model(encode_model(init_model(data.model, seed), data.model), data.model)
     declared = sum(r.update_norm for r in refs) / 1_000_000
     if declared * (1 + NORM_TOLERANCE_RELATIVE) + NORM_TOLERANCE_MICRO / 1e6 * len(refs) < compute_update_norm(initial, weights[last]):
@@ -330,4 +377,4 @@ def check_trajectory(blobs: BlobStore, work, plan: WorkPlan, data: WorkData, see
     return checkpoints, weights
 
 
-__all__ = ["WorkData", "WorkInputs", "WorkPlan", "WorkReport", "get_work_inputs", "verify_work_inputs", "compute_work_plan", "make_checkpoint_refs", "get_blob_digests", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]
+__all__ = ["WorkData", "WorkInputs", "WorkPlan", "WorkReport", "get_work_inputs", "verify_work_inputs", "compute_work_plan", "make_checkpoint_refs", "get_blob_digests", "get_work_blobs", "get_work_data", "get_work_keys", "load_task_split", "verify_block_work"]

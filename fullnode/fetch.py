@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from consensus.chainstate import MissingData
-from consensus.work import get_blob_digests
+from consensus.work import get_blob_digests, get_work_blobs
 from pouw.blobstore import BlobError, BlobStore, FetchLimitError, FetchLimits
 from pouw.p2p.blob import fetch_blob_from_peer
 from pouw.p2p.framing import P2PError
@@ -47,6 +47,8 @@ NETWORK_SCHEMES = ("http", "https")
 """The only link schemes a node follows for blobs named by others."""
 MAX_PEERS_PER_BLOB = 8
 """Connected peers asked for one blob over /pouw/blob/1 before the blob is called missing."""
+FETCH_ROUNDS = 3
+"""Rounds of a block's fetch: the model, dataset and checkpoint headers, then the parts the headers name (one spare)."""
 MAX_RECORDED_DIGESTS = 200_000
 """Model and checkpoint digests remembered with the block they were fetched for (pruning's input; oldest dropped)."""
 
@@ -149,12 +151,24 @@ class BlobFetcher:
         self._recorded = 0
 
     # --- fetching ---------------------------------------------------------------------
-    def fetch_all(self, wants: list[BlobWant]) -> None:
-        """Make every wanted blob present in the store; raises MissingData naming the first that cannot be had."""
+    def fetch_all(self, wants: list[BlobWant], shunned: set[str] | None = None) -> None:
+        """Make every wanted blob present in the store; raises MissingData naming the first that cannot be had.
+
+        Sources in `shunned` are skipped; those that break a limit are added."""
         self.record_work(wants)
-        shunned: set[str] = set()
+        shunned = set() if shunned is None else shunned
         for want in wants:
             self.fetch(want, shunned)
+
+    def fetch_block(self, task: TaskSubmission | None, block: Block, params: ChainParams) -> None:
+        """Make present everything verifying `block` reads: its plan's headers first, then the parts they name."""
+        shunned: set[str] = set()  # across rounds: a source that broke a limit is not asked again for this block
+        for _ in range(FETCH_ROUNDS):
+            wants = get_blob_wants(task, block, params, self.blobs)
+            if all(self.blobs.has(w.digest) for w in wants):
+                self.record_work(wants)
+                return
+            self.fetch_all(wants, shunned)
 
     def fetch(self, want: BlobWant, shunned: set[str] | None = None) -> None:
         """Make one blob present; sources in `shunned` are skipped and those that break a limit are added."""
@@ -256,20 +270,18 @@ def get_blobref_want(blob: BlobRef) -> BlobWant:
     return BlobWant(blob.digest, blob.size, tuple(blob.links))
 
 
-def get_blob_wants(task: TaskSubmission | None, block: Block, params: ChainParams) -> list[BlobWant]:
+def get_blob_wants(task: TaskSubmission | None, block: Block, params: ChainParams,
+                   blobs: BlobStore | None = None) -> list[BlobWant]:
     """What verifying `block` needs: the task's dataset blobs (from the task's links), the model and the checkpoints
-    of its verification plan (from the work's links), each with its declared size."""
+    of its verification plan (from the work's links), each with its declared size; with `blobs`, also the parts
+    (weights, optimizer-state shards) that the plan's checkpoint headers held there name."""
     header, work = block.header, block.body.work
     declared: dict[bytes, BlobRef] = {} if task is None else {b.digest: b for b in (task.train_blob, task.test_blob)}
-    sizes: dict[bytes, int] = {}
-    if work is not None:
-        sizes[work.model_digest] = work.model_size
-        for ref in work.checkpoints:
-            sizes.setdefault(ref.digest, ref.size)
+    sizes = get_work_blobs(block, params, blobs)
     work_links = tuple(base.rstrip("/") + "/" for base in (work.links if work is not None else ()))
     tag = BlockTag(block.hash, header.prev_hash, header.height, header.slot)
     wants = []
-    for digest in get_blob_digests(task, header.task_mode, block, params):
+    for digest in get_blob_digests(task, header.task_mode, block, params, blobs):
         if digest in declared:
             wants.append(get_blobref_want(declared[digest]))
         else:

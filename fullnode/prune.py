@@ -48,6 +48,7 @@ from consensus.chainstate import INDEX_VALID, ChainState
 from consensus.clock import get_phase_point
 from consensus.rules import get_task_submission
 from consensus.work import get_blob_digests
+from pouw.seg.checkpoints import get_checkpoint_part_digests
 from pouw.blobstore import BlobStore
 from pouw.types import Block, ChainParams, TaskSubmission
 
@@ -94,12 +95,17 @@ class PruneReport:
     """Every best-chain height up to this one is final and pruned."""
 
 
-def get_work_digests(block: Block) -> tuple[bytes, ...]:
-    """A block's model and checkpoint digests."""
+def get_work_digests(block: Block, blobs: BlobStore | None = None) -> tuple[bytes, ...]:
+    """A block's model and checkpoint digests, the model first; with `blobs`, also every part its checkpoint headers
+    held there name (weights and optimizer-state shards)."""
     work = block.body.work
     if work is None:
         return ()
-    return (work.model_digest,) + tuple(c.digest for c in work.checkpoints)
+    out = [work.model_digest] + [c.digest for c in work.checkpoints]
+    if blobs is not None:
+        for c in work.checkpoints:
+            out.extend(get_checkpoint_part_digests(blobs, c.digest))
+    return tuple(dict.fromkeys(out))
 
 
 def get_dataset_digests(task: TaskSubmission) -> tuple[bytes, bytes]:
@@ -131,32 +137,34 @@ def is_losing_block(entry: FetchedWork, chain: ChainState, slot: int, undecided_
     return chain.get_invalid_reason(tag.block_hash) is not None or not is_live_claim(tag, chain)
 
 
-def get_window_digests(chain: ChainState, params: ChainParams, state, first: int, last: int) -> set[bytes]:
+def get_window_digests(chain: ChainState, params: ChainParams, state, first: int, last: int,
+                       blobs: BlobStore | None = None) -> set[bytes]:
     """Every blob of the best chain's heights first..last: models, checkpoints and their tasks' data."""
     out: set[bytes] = set()
     for height in range(first, last + 1):
         block = chain.get_block_at(height)
-        out.update(get_work_digests(block))
+        out.update(get_work_digests(block, blobs))
         task = get_task_submission(state, params, block.header.task_id)
         if task is not None:
             out.update(get_dataset_digests(task))
     return out
 
 
-def get_verify_digests(chain: ChainState, params: ChainParams, state, first: int, last: int) -> set[bytes]:
+def get_verify_digests(chain: ChainState, params: ChainParams, state, first: int, last: int,
+                       blobs: BlobStore | None = None) -> set[bytes]:
     """What a peer needs to verify the best chain's heights first..last: models, planned checkpoints, task data."""
     out: set[bytes] = set()
     for height in range(max(1, first), last + 1):
         block = chain.get_block_at(height)
         task = get_task_submission(state, params, block.header.task_id)
-        out.update(get_blob_digests(task, block.header.task_mode, block, params))
+        out.update(get_blob_digests(task, block.header.task_mode, block, params, blobs))
     return out
 
 
 def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pruned_through: int,
                        fetched: Iterable[FetchedWork], kept_tasks: Iterable[TaskSubmission],
                        winning_models: Iterable[bytes], undecided_before: float = float("-inf"),
-                       keep_blocks: int = 0) -> PrunePlan:
+                       keep_blocks: int = 0, blobs: BlobStore | None = None) -> PrunePlan:
     """The blobs to delete now (see the module doc); reads the chain under its lock, changes nothing.
 
     `slot` is the current slot by the clock; `pruned_through` the best-chain
@@ -165,15 +173,16 @@ def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pru
     dataset blobs must stay; `winning_models` the models of final heights;
     a block still without a verdict is dealt with only when its blobs were
     asked for before `undecided_before` (a time.time()); what peers need to
-    verify the last `keep_blocks` best-chain blocks stays.
+    verify the last `keep_blocks` best-chain blocks stays. With `blobs`, the
+    parts that held checkpoint headers name go and stay with their headers.
     """
     with chain.lock:
         state = chain.state()
         tip = chain.tip_height
         final_top = max(0, tip - params.finality_depth)
-        keep = set(winning_models) | get_window_digests(chain, params, state, final_top + 1, tip)
+        keep = set(winning_models) | get_window_digests(chain, params, state, final_top + 1, tip, blobs)
         serve_top = max(0, tip - max(params.finality_depth, keep_blocks))
-        keep |= get_verify_digests(chain, params, state, serve_top + 1, final_top)
+        keep |= get_verify_digests(chain, params, state, serve_top + 1, final_top, blobs)
         for task in kept_tasks:
             keep.update(get_dataset_digests(task))
         candidates: set[bytes] = set()
@@ -181,14 +190,14 @@ def compute_prune_plan(chain: ChainState, params: ChainParams, *, slot: int, pru
         for height in range(max(1, pruned_through + 1), final_top + 1):
             block = chain.get_block_at(height)
             keep.update(get_work_digests(block)[:1])  # the winning model stays
-            candidates |= get_window_digests(chain, params, state, height, height)
+            candidates |= get_window_digests(chain, params, state, height, height, blobs)
             task = get_task_submission(state, params, block.header.task_id)
             if task is not None:
                 final_tasks.append(task.task_id)
         lag = final_top - serve_top  # heights whose verification blobs outlived their finality: theirs go now
         for height in range(max(1, pruned_through + 1 - lag), serve_top + 1):
             keep.update(get_work_digests(chain.get_block_at(height))[:1])
-            candidates |= get_window_digests(chain, params, state, height, height)
+            candidates |= get_window_digests(chain, params, state, height, height, blobs)
         done: list[bytes] = []
         losers = 0
         for entry in fetched:
@@ -218,7 +227,7 @@ def get_kept_tasks(core: NodeCore) -> list[TaskSubmission]:
         return tasks
 
 
-def get_stored_side_blocks(chain: ChainState) -> list[FetchedWork]:
+def get_stored_side_blocks(chain: ChainState, blobs: BlobStore | None = None) -> list[FetchedWork]:
     """Every stored block off the best chain, as if just fetched (a pass after a restart finds the losers of before)."""
     out = []
     with chain.lock:
@@ -229,7 +238,7 @@ def get_stored_side_blocks(chain: ChainState) -> list[FetchedWork]:
             if block is None or block.body.work is None:
                 continue
             tag = BlockTag(block_hash, index.prev_hash, index.height, index.slot)
-            out.append(FetchedWork(tag, frozenset(get_work_digests(block)), 0.0))
+            out.append(FetchedWork(tag, frozenset(get_work_digests(block, blobs)), 0.0))
     return out
 
 
@@ -268,13 +277,13 @@ class Pruner:
         """One pass: compute the plan, delete its blobs and work cache, remember how far the chain is pruned."""
         fetched = self.fetcher.get_fetched_work()
         if not self._started:
-            fetched += get_stored_side_blocks(self.core.chain)
+            fetched += get_stored_side_blocks(self.core.chain, self.blobs)
             self._started = True
         self._learn_winning_models()
         plan = compute_prune_plan(
             self.core.chain, self.params, slot=get_phase_point(self.params, now).slot, pruned_through=self.pruned_through,
             fetched=fetched, kept_tasks=get_kept_tasks(self.core), winning_models=self._winning_models,
-            undecided_before=now - UNDECIDED_SECONDS, keep_blocks=self.keep_blocks,
+            undecided_before=now - UNDECIDED_SECONDS, keep_blocks=self.keep_blocks, blobs=self.blobs,
         )
         count, freed = self._delete(plan.delete)
         for task_id in plan.final_tasks:

@@ -25,7 +25,7 @@ from consensus.work import WorkInputs, WorkReport, get_work_inputs, verify_work_
 from pouw.blobstore import BlobStore
 from pouw.types import Block, ChainParams
 
-from fullnode.fetch import BlobFetcher, get_blob_wants
+from fullnode.fetch import BlobFetcher
 
 
 def get_default_verify_workers(device: str = "cpu") -> int:
@@ -141,7 +141,7 @@ class WorkChecker:
         if not self.is_work_checked(block):
             return
         task = get_task_submission(candidate.parent_state, self.params, block.header.task_id)
-        self.fetcher.fetch_all(get_blob_wants(task, block, self.params))
+        self.fetcher.fetch_block(task, block, self.params)
         inputs = get_work_inputs(block, candidate.parent_state, self.params)
         started = time.monotonic()
         try:

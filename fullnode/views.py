@@ -25,6 +25,8 @@ from typing import Protocol
 from consensus.clock import PHASE_1, get_phase_point
 from consensus.rules import TASK_MINED, get_task_status, is_high_accuracy, is_standing_task
 from consensus.state import State
+from pouw.blobstore import BlobStore
+from pouw.seg.checkpoints import get_checkpoint_part_digests
 from pouw.types import (
     DICE_SCALE,
     KEY_TEST,
@@ -462,13 +464,14 @@ def select_checkpoints(count: int, most: int = MAX_CURVE_CHECKPOINTS) -> list[in
     return sorted({round(i * step) for i in range(most)})
 
 
-def get_needed_blobs(job: FigureJob) -> dict[str, list[bytes]]:
-    """The blobs the figures read, by what they are."""
+def get_needed_blobs(job: FigureJob, blobs: BlobStore) -> dict[str, list[bytes]]:
+    """The blobs the figures read, by what they are: the checkpoints' headers and, for those held, their weights."""
     work = job.block.body.work
     mode = job.block.header.task_mode
     score_blob = job.task.train_blob if mode == MODE_NO_TEST_KEY else job.task.test_blob
     checkpoints = [work.checkpoint_digests[i] for i in select_checkpoints(len(work.checkpoint_digests))]
-    return {"model": [work.model_digest], "checkpoints": checkpoints, "dataset": [score_blob.digest]}
+    weights = [parts[0] for parts in (get_checkpoint_part_digests(blobs, d) for d in checkpoints) if parts]
+    return {"model": [work.model_digest], "checkpoints": checkpoints + weights, "dataset": [score_blob.digest]}
 
 
 class FigureCache:
@@ -518,7 +521,7 @@ class FigureCache:
             if job == "unknown":
                 raise NotFound(f"the chain has no task {task_ref}")
             return {"state": "none", "reason": _NO_FIGURE_REASONS.get(job, job)}
-        missing = {what: [d.hex() for d in digests if not self.blobs.has(d)] for what, digests in get_needed_blobs(job).items()}
+        missing = {what: [d.hex() for d in digests if not self.blobs.has(d)] for what, digests in get_needed_blobs(job, self.blobs).items()}
         missing = {what: digests for what, digests in missing.items() if digests}
         if missing:
             return {"state": "missing-blobs", "missing": missing,

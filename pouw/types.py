@@ -57,6 +57,8 @@ MODE_DESCRIPTIONS = {
 }
 """What each mode means, for people (CLI, explorer)."""
 
+MAX_CHECKPOINT_HEADER_BYTES = 64 << 10
+"""Largest checkpoint header blob (`CheckpointRef.size`): a verifier reads a header before it knows anything else."""
 KEY_TRAIN = 0
 """KeyReveal.which for the training-set key."""
 KEY_TEST = 1
@@ -279,9 +281,11 @@ class CheckpointRef:
     """One checkpoint of a training trajectory, as a claim declares it (a leaf of the trajectory root)."""
 
     digest: Hash32
-    """SHA-256 of the checkpoint blob."""
+    """SHA-256 of the checkpoint's header blob (which names its weights and optimizer-state shard blobs)."""
     size: int
-    """Size of the checkpoint blob in bytes (fetches stop past it)."""
+    """Size of the header blob in bytes (fetches stop past it)."""
+    parts_size: int
+    """Bytes of the blobs the header names: the weights and every optimizer-state shard."""
     update_norm: int
     """L2 norm of the weight update of the segment this checkpoint ends, in millionths (0 for checkpoint 0)."""
 

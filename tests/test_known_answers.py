@@ -156,6 +156,6 @@ def test_replay_seed_and_segments():
 
     seed = compute_replay_seed(SEED, SEED[::-1], bytes(32), ())
     assert seed.hex() == REPLAY_SEED
-    checkpoints = [CheckpointRef(bytes([i]) * 32, 100, (i * 7919) % 101) for i in range(26)]
+    checkpoints = [CheckpointRef(bytes([i]) * 32, 100, 300, (i * 7919) % 101) for i in range(26)]
     assert compute_replay_segments(seed, checkpoints, 2, 1) == REPLAY_SEGMENTS
 

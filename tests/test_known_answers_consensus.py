@@ -61,11 +61,11 @@ def test_body_root_and_transaction_signature():
         "3012f9f06f1a64a850d47d29a9e9364641b3992b0e6a35ff3dbae22ca1cf5be8"
         "104aa0410f84d4d02212f0f99ef04c5fa01e629fe6a5eb84f81b416020a06b0d"
     )
-    refs = (CheckpointRef(bytes(32), 1000, 0), CheckpointRef(bytes([1]) * 32, 1000, 123456))
+    refs = (CheckpointRef(bytes(32), 1000, 3000, 0), CheckpointRef(bytes([1]) * 32, 1000, 3000, 123456))
     root = compute_trajectory_root(refs)
-    assert root.hex() == "5bd4d4e3d2952af6709102d91814c0a9405f24e31c8af4c4e0d95c1929af5406"
+    assert root.hex() == "a54698a1e18a5955d4393db436f619ae9459f57cdff63231c64bbe8b3d2e9bdd"
     commit = Commit(1, 2, bytes(32), KP.public_key, compute_commit_binding(MODEL, KP.public_key), root).signed_by(KP)
     work = WorkProof(MODEL, 1234, refs, ("http://127.0.0.1:1",), 900_000)
     body = BlockBody((transfer,), (KeyReveal(bytes(32), 0, KEY),), commit, work)
     # body root v2 (docs/protocol.md §6): commit, work, key reveals, transactions root, evidence root.
-    assert compute_body_root(body).hex() == "8620d29322de9e2aba8750aab13b2ca212c25c63e3ef9ad5ce632eba6e1f5149"
+    assert compute_body_root(body).hex() == "ebe7955aab7ef6106f7b86bf8a415dad07eccfe00fc58a4bdcfda86138b0f685"

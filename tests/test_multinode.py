@@ -194,7 +194,7 @@ def test_liars_thieves_late_commits_and_a_silent_publisher(tmp_path):
             rpc.call("submitclaim", hex=encode(Claim(claim_with(late, stolen))).hex())
         with pytest.raises(RpcError, match="commit-mismatch"):  # the stolen model under the honest miner's commit
             rpc.call("submitclaim", hex=encode(Claim(claim_with(honest_block.body.commit, stolen))).hex())
-        fresh = WorkProof(b"\x42" * 32, 1000, (CheckpointRef(b"\x43" * 32, 1000, 0),), ("http://127.0.0.1:9",), 990_000)
+        fresh = WorkProof(b"\x42" * 32, 1000, (CheckpointRef(b"\x43" * 32, 1000, 1000, 0),), ("http://127.0.0.1:9",), 990_000)
         uncommitted = make_commit(THIEF, height, slot, params.standing_task.task_id, fresh.model_digest, fresh.checkpoints)
         with pytest.raises(RpcError, match="not-committed"):  # a model never committed at all
             rpc.call("submitclaim", hex=encode(Claim(claim_with(uncommitted, fresh))).hex())

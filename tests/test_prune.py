@@ -40,6 +40,7 @@ class Mined:
     def __init__(self, root):
         self.root = root
         self.server = MinerBlobs(root)  # started to learn its URL (the blocks link to it); tests restart it
+        self.store = self.server.store
         link = self.server.url
         chain = ChainState.open(root / "judge", PARAMS)  # fork choice decides which claim wins
         try:
@@ -84,13 +85,14 @@ def mined(tmp_path_factory):
     return Mined(tmp_path_factory.mktemp("mined"))
 
 
-def checkpoints(block) -> list[bytes]:
-    return list(get_work_digests(block)[1:])
+def checkpoints(block, store) -> list[bytes]:
+    """A block's checkpoint headers and every part they name (the miner's `store` holds them all)."""
+    return [d for d in get_work_digests(block, store)[1:] if d != block.body.work.model_digest]
 
 
-def fetched(block) -> list[bytes]:
-    """What a verifier fetches for `block`: its model and the checkpoints of its verification plan."""
-    return get_blob_digests(None, block.header.task_mode, block, PARAMS)
+def fetched(block, store) -> list[bytes]:
+    """What a verifier fetches for `block`: its model and the checkpoints (headers and parts) of its plan."""
+    return get_blob_digests(None, block.header.task_mode, block, PARAMS, store)
 
 
 def held(node, digests) -> list[bool]:
@@ -116,16 +118,16 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
         assert pruned.work_checker.verified == 2
 
         # After the slot: the loser's model and checkpoints go; the winner (within the window) keeps everything.
-        wait_until(lambda: not any(held(pruned, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the loser pruned")
-        assert all(held(pruned, fetched(mined.winner)))
+        wait_until(lambda: not any(held(pruned, get_work_digests(mined.loser, mined.store))), 3 * SLOT_SECONDS, "the loser pruned")
+        assert all(held(pruned, fetched(mined.winner, mined.store)))
 
         for block in mined.rest:
             assert pruned.core.process_block(block, time.time()).status is BlockStatus.CONNECTED
         # Height 1 is final now (R blocks on it): its checkpoints go, its model stays; the window keeps everything.
-        wait_until(lambda: not any(held(pruned, checkpoints(mined.winner))), 3 * SLOT_SECONDS, "the winner's checkpoints pruned")
+        wait_until(lambda: not any(held(pruned, checkpoints(mined.winner, mined.store))), 3 * SLOT_SECONDS, "the winner's checkpoints pruned")
         assert pruned.blobs.has(mined.winner.body.work.model_digest)
         for block in mined.rest:
-            assert all(held(pruned, fetched(block)))
+            assert all(held(pruned, fetched(block, mined.store)))
         assert "pruned" in " ".join(pruned.lines)
 
         # The miner goes away: a peer one block behind syncs the window from the pruned node alone.
@@ -151,7 +153,7 @@ def test_losers_go_after_their_slot_the_winner_after_the_window_and_a_peer_syncs
 def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tmp_path, mined):
     miner = mined.serve()
     node = start_node(tmp_path, "archive", PARAMS, prune=False)
-    everything = [d for b in (mined.winner, mined.loser, *mined.rest) for d in fetched(b)]
+    everything = [d for b in (mined.winner, mined.loser, *mined.rest) for d in fetched(b, mined.store)]
     try:
         now = time.time()
         for block in (mined.winner, mined.loser, *mined.rest):
@@ -170,11 +172,11 @@ def test_keep_all_keeps_every_blob_and_a_pruning_restart_finds_the_old_losers(tm
     # The same data directory, now pruning: the first pass finds the side block stored before the restart.
     node = start_node(tmp_path, "archive", PARAMS, keep_blocks=R)
     try:
-        wait_until(lambda: not any(held(node, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the old loser pruned")
-        wait_until(lambda: not any(held(node, checkpoints(mined.winner))), 3 * SLOT_SECONDS, "the final winner pruned")
+        wait_until(lambda: not any(held(node, get_work_digests(mined.loser, mined.store))), 3 * SLOT_SECONDS, "the old loser pruned")
+        wait_until(lambda: not any(held(node, checkpoints(mined.winner, mined.store))), 3 * SLOT_SECONDS, "the final winner pruned")
         assert node.blobs.has(mined.winner.body.work.model_digest)
         for block in mined.rest:
-            assert all(held(node, fetched(block)))
+            assert all(held(node, fetched(block, mined.store)))
         marker = json.loads((node.datadir / "prune.json").read_text())
         assert marker["pruned_through"] == 1 and marker["block_hash"] == mined.winner.hash.hex()
     finally:
@@ -190,10 +192,10 @@ def test_by_default_a_final_winner_keeps_what_a_syncing_peer_needs_to_verify_it(
         now = time.time()
         for block in (mined.winner, mined.loser, *mined.rest):
             assert node.core.process_block(block, now).is_valid
-        wait_until(lambda: not any(held(node, get_work_digests(mined.loser))), 3 * SLOT_SECONDS, "the loser pruned")
+        wait_until(lambda: not any(held(node, get_work_digests(mined.loser, mined.store))), 3 * SLOT_SECONDS, "the loser pruned")
         assert node.chain.tip_height - 1 >= R  # height 1 is final
         for block in (mined.winner, *mined.rest):
-            assert all(held(node, fetched(block)))
+            assert all(held(node, fetched(block, mined.store)))
     finally:
         node.stop()
         miner.close()

@@ -122,9 +122,9 @@ def test_miner_cli_devices_mines_a_block_a_full_node_verifies(tmp_path):
         standing = params.standing_task
         train_set = synthetic_dataset(compute_standing_seed(block.header.prev_hash, "train"), standing.train_count,
                                       standing.model)
-        from pouw.seg.weights import decode_checkpoint
+        from pouw.seg.checkpoints import load_checkpoint
 
-        assert decode_checkpoint(miner_store.get_bytes(work.checkpoint_digests[1])).world_size == 2
+        assert load_checkpoint(miner_store, work.checkpoint_digests[1]).world_size == 2
         for i in range(1, len(work.checkpoint_digests)):
             assert spot_check(miner_store, work.checkpoint_digests, i, train_set) <= REPLAY_TOLERANCE
     finally:

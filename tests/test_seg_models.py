@@ -8,7 +8,7 @@ from pouw.encoding import encode
 from pouw.seg.models import build_model, count_parameters
 from pouw.seg.spec import ModelSpec
 from pouw.seg.weights import (
-    WeightsError, compute_model_digest, decode_checkpoint, decode_model, encode_model, load_model,
+    WeightsError, compute_model_digest, decode_checkpoint_header, decode_model, encode_model, load_model,
 )
 
 
@@ -82,4 +82,4 @@ def test_model_file_rejections():
     with pytest.raises(WeightsError):
         decode_model(b"\xff\xfe garbage", unet)
     with pytest.raises(WeightsError):
-        decode_checkpoint(data)
+        decode_checkpoint_header(data)

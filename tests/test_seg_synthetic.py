@@ -20,7 +20,8 @@ from pouw.seg.data import (
 from pouw.seg.spec import ModelSpec
 from pouw.seg.train import replay_segment, train
 from pouw.seg.verify import REPLAY_TOLERANCE
-from pouw.seg.weights import decode_checkpoint, decode_model
+from pouw.seg.checkpoints import load_checkpoint
+from pouw.seg.weights import decode_model
 
 SEED = bytes(range(32))
 SPEC_2D = ModelSpec("unet2d", 1, 3, 8, (32, 32))
@@ -358,7 +359,7 @@ def test_devnet_standing_epochs_replay_at_another_thread_count(tmp_path):
         return torch.cat([v.flatten().double() for _, v in sorted(state.items()) if v.is_floating_point()])
 
     for e in (1, 3):
-        prev, cur = (decode_checkpoint(store.get_bytes(r.checkpoint_digests[i])) for i in (e - 1, e))
+        prev, cur = (load_checkpoint(store, r.checkpoint_digests[i]) for i in (e - 1, e))
         before, after = flat(decode_model(prev.model_file, standing.model)), flat(decode_model(cur.model_file, standing.model))
         replayed = flat(replay_segment(prev, cur.position, data, num_threads=1)[0])
         assert float((replayed - after).norm() / (after - before).norm()) < REPLAY_TOLERANCE / 2

@@ -8,7 +8,8 @@ from pouw.seg.determinism import compute_batches, compute_epoch_order
 from pouw.seg.dice import DICE_TOLERANCE_PPM, compute_ppm, evaluate
 from pouw.seg.train import DeadlineError, TrainError, train
 from pouw.seg.trajectory import make_layout
-from pouw.seg.weights import ZERO_DIGEST, compute_update_norm, decode_checkpoint, decode_model
+from pouw.seg.checkpoints import load_checkpoint
+from pouw.seg.weights import ZERO_DIGEST, compute_update_norm, decode_model
 
 from tests.seg_fixtures import SEED, run_small_training, small_data, small_spec, small_train_spec
 
@@ -26,7 +27,7 @@ def test_training_is_deterministic_and_checkpoints_every_segment(tmp_path):
     weights = []
     for i, d in enumerate(r1.checkpoint_digests):
         assert store.verify(d)
-        ck = decode_checkpoint(store.get_bytes(d))
+        ck = load_checkpoint(store, d)
         assert ck.index == i and ck.position == 2 * i and ck.prev_digest == prev and ck.seed == SEED
         assert ck.world_size == 1 and ck.precision == "fp32"
         weights.append(decode_model(ck.model_file, spec))

@@ -13,7 +13,8 @@ from pouw.seg.verify import (
     compute_spot_check_segment,
     compute_update_norm, load_checkpoint_blob, replay_checkpoint_segment, spot_check, verify_work,
 )
-from pouw.seg.weights import ZERO_DIGEST, Checkpoint, decode_checkpoint, decode_model, encode_checkpoint, encode_model
+from pouw.seg.checkpoints import load_checkpoint, put_checkpoint
+from pouw.seg.weights import ZERO_DIGEST, Checkpoint, decode_model, encode_model
 
 from tests.seg_fixtures import run_small_training, small_data, small_spec, small_train_spec
 
@@ -88,7 +89,7 @@ def test_broken_sequence(honest):
 def _forge_chain(h, states, opt_states=None, positions=None):
     """Write a properly linked checkpoint chain holding arbitrary weights (and optimizer states)."""
     store, spec, tspec, r = h["store"], h["spec"], h["tspec"], h["r"]
-    honest = [decode_checkpoint(store.get_bytes(d)) for d in r.checkpoint_digests]
+    honest = [load_checkpoint(store, d) for d in r.checkpoint_digests]
     prev = ZERO_DIGEST
     digests = []
     for i, st in enumerate(states):
@@ -96,7 +97,7 @@ def _forge_chain(h, states, opt_states=None, positions=None):
         pos = positions[i] if positions is not None else honest[min(i, len(honest) - 1)].position
         ck = Checkpoint(i, pos, prev, r.seed, spec, tspec, honest[0].data_digest, 1, "fp32", 0.5,
                         encode_model(st, spec), opt)
-        prev = store.put_bytes(encode_checkpoint(ck))
+        prev = put_checkpoint(store, ck)
         digests.append(prev)
     model = encode_model(states[-1], spec)
     md = store.put_bytes(model)
@@ -104,14 +105,14 @@ def _forge_chain(h, states, opt_states=None, positions=None):
 
 
 def _weights(h, digests=None):
-    return [decode_model(decode_checkpoint(h["store"].get_bytes(x)).model_file, h["spec"])
+    return [decode_model(load_checkpoint(h["store"], x).model_file, h["spec"])
             for x in (digests or h["r"].checkpoint_digests)]
 
 
 def test_forged_interpolated_checkpoints_fail_spot_check(honest):
     """A miner who got a good model elsewhere and fakes the training path by interpolation."""
     h = honest
-    init = decode_model(decode_checkpoint(h["store"].get_bytes(h["r"].checkpoint_digests[0])).model_file, h["spec"])
+    init = decode_model(load_checkpoint(h["store"], h["r"].checkpoint_digests[0]).model_file, h["spec"])
     final = decode_model(h["r"].model_file, h["spec"])
     n = len(h["r"].checkpoint_digests) - 1
     states = [{k: init[k] + (final[k] - init[k]) * (i / n) if init[k].is_floating_point() else final[k]
@@ -149,7 +150,7 @@ def test_forged_momentum_is_caught_where_it_was_made(honest):
     segment 3 gives (so segment 3 replays exactly). The replay of segment 2 compares the momentum too."""
     h = honest
     store, r, spec = h["store"], h["r"], h["spec"]
-    cks = [decode_checkpoint(store.get_bytes(x)) for x in r.checkpoint_digests]
+    cks = [load_checkpoint(store, x) for x in r.checkpoint_digests]
     forged_opt = {i: dict(slot) for i, slot in cks[2].optimizer_state.items()}
     for slot in forged_opt.values():
         slot["exp_avg"] = slot["exp_avg"] + 50 * slot["exp_avg"].abs().mean()  # a push in one direction
@@ -177,7 +178,7 @@ def test_forged_momentum_is_caught_where_it_was_made(honest):
 def test_forged_adam_step_count_is_refused(honest):
     """Attack: a smaller Adam step count inflates the bias correction (bigger steps than the task's)."""
     h = honest
-    cks = [decode_checkpoint(h["store"].get_bytes(x)) for x in h["r"].checkpoint_digests]
+    cks = [load_checkpoint(h["store"], x) for x in h["r"].checkpoint_digests]
     opts = [ck.optimizer_state for ck in cks]
     opts[1] = {i: {**slot, "step": torch.tensor(1.0)} for i, slot in opts[1].items()}
     md, digests = _forge_chain(h, _weights(h), opts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import msgpack
 import nibabel as nib
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from pouw.seg.dice import evaluate
 from pouw.seg.launch import train_on_devices
 from pouw.seg.spec import ModelSpec, TrainSpec
 from pouw.seg.verify import WorkInvalid, verify_work
-from pouw.seg.weights import Checkpoint, decode_checkpoint, decode_model, encode_checkpoint, encode_model
+from pouw.seg.checkpoints import load_checkpoint, put_checkpoint
+from pouw.seg.weights import Checkpoint, decode_model, encode_model, split_checkpoint
 
 SEED = bytes(range(32))
 SHAPES = [(20, 18, 22), (24, 16, 20), (18, 22, 16), (22, 20, 18), (16, 24, 20), (20, 20, 20), (26, 18, 16), (18, 16, 24)]
@@ -90,7 +92,7 @@ def test_3d_task_trained_claimed_and_verified(tmp_path, nifti_task, arch):
         verify_work(**{**kw, "claimed_dice_ppm": kw["claimed_dice_ppm"] + 5_000}, spot_check_seed=b"\x00" * 32)
     # Tampered: one segment's weights nudged, the chain re-linked and re-hashed.
     store, spec = kw["blob_store"], kw["model_spec"]
-    cks = [decode_checkpoint(store.get_bytes(d)) for d in r.checkpoint_digests]
+    cks = [load_checkpoint(store, d) for d in r.checkpoint_digests]
     torch.manual_seed(1)
     nudged = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v
               for k, v in decode_model(cks[2].model_file, spec).items()}
@@ -98,7 +100,7 @@ def test_3d_task_trained_claimed_and_verified(tmp_path, nifti_task, arch):
     digests = []
     for i, ck in enumerate(cks):
         ck = dataclasses.replace(ck, prev_digest=digests[-1] if digests else ck.prev_digest)
-        digests.append(store.put_bytes(encode_checkpoint(ck)))
+        digests.append(put_checkpoint(store, ck))
     from pouw.seg.verify import compute_spot_check_segment
 
     seed = next(bytes([i]) * 32 for i in range(256) if compute_spot_check_segment(bytes([i]) * 32, n) == 2)
@@ -110,7 +112,10 @@ def test_3d_task_trained_claimed_and_verified(tmp_path, nifti_task, arch):
         verify_work(**{**kw, "train_dataset": other}, spot_check_seed=b"\x00" * 32)
 
 
-def test_checkpoint_format_is_version_2():
+def test_checkpoint_format_is_version_3(tmp_path):
     ck = Checkpoint(0, 0, bytes(32), SEED, ModelSpec("fcn", 1, 2, 4, (16, 16, 16), "patch"),
                     TrainSpec(0.01, 2, "dice", "adam", 1), bytes(32), 1, "bf16", 0.0, b"m", {})
-    assert decode_checkpoint(encode_checkpoint(ck)) == ck
+    store = BlobStore(tmp_path)
+    header, parts = split_checkpoint(ck)
+    assert msgpack.unpackb(header)[:2] == ["pouw-ckpt", 3] and parts == [b"m"]
+    assert load_checkpoint(store, put_checkpoint(store, ck)) == ck

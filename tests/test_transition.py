@@ -173,7 +173,7 @@ def test_commit_binding_rules(chain):
 def test_the_commit_fixes_the_whole_trajectory(chain):
     block = make_next_block(chain.state(), chain.params, MINER)
     work = block.body.work
-    spliced = dataclasses.replace(work, checkpoints=work.checkpoints[:-1] + (CheckpointRef(b"\x0a" * 32, 1000, 5),))
+    spliced = dataclasses.replace(work, checkpoints=work.checkpoints[:-1] + (CheckpointRef(b"\x0a" * 32, 1000, 3000, 5),))
     expect_invalid(chain, rebody(block, work=spliced), "not the committed trajectory")
     short = dataclasses.replace(work, checkpoints=work.checkpoints[:1])
     commit = dataclasses.replace(block.body.commit, trajectory_root=compute_trajectory_root(short.checkpoints)).signed_by(MINER)

@@ -191,6 +191,9 @@ def results(task_id: str, out_dir: Path, keystore: Path | None, overlays: int, n
     from pouw.blobstore import BlobError, BlobStore
     from pouw.seg.dice import evaluate
     from pouw.seg.report import compute_dice_per_checkpoint, write_dice_plot_png, write_prediction_overlays
+    from pouw.seg.checkpoints import read_checkpoint_header
+    from pouw.seg.weights import WeightsError
+    from pouw.types import MAX_CHECKPOINT_HEADER_BYTES
     from pouw.taskpack import get_default_keystore, read_keystore_entry
     from consensus.transition import InvalidBlock
     from consensus.work import load_task_split
@@ -234,13 +237,15 @@ def results(task_id: str, out_dir: Path, keystore: Path | None, overlays: int, n
     figures = [str(p) for p in write_prediction_overlays(out_dir / "overlays", model_file, task.model, test_set, overlays)] if overlays else []
     if not no_plot:
         try:
-            for d in result.get("checkpoint_digests", []):
-                get(d, 1 << 40)
+            for d in result.get("checkpoint_digests", []):  # each header, then the weights it names (no optimizer state)
+                get(d, MAX_CHECKPOINT_HEADER_BYTES)
+                weights = read_checkpoint_header(store, bytes.fromhex(d)).weights
+                get(weights.digest.hex(), weights.size)
             curve = compute_dice_per_checkpoint(store, [bytes.fromhex(d) for d in result["checkpoint_digests"]],
                                                 task.model, test_set)
             figures.append(str(write_dice_plot_png(out_dir / "dice.png", {"test Dice": list(enumerate(curve))},
                                                    title=f"task {task_id[:12]}: Dice per epoch")))
-        except BlobError as exc:
+        except (BlobError, WeightsError) as exc:
             click.echo(f"no Dice plot: {exc}", err=True)
     summary = {
         "task_id": res["task_id"], "height": result["height"], "block_hash": result["block_hash"],

@@ -22,7 +22,8 @@ from pouw.blobstore import BlobStore
 from pouw.seg.data import SegDataset
 from pouw.seg.dice import evaluate, predict_case
 from pouw.seg.spec import ModelSpec
-from pouw.seg.weights import decode_checkpoint, load_model
+from pouw.seg.checkpoints import load_checkpoint
+from pouw.seg.weights import load_model
 
 _TP = np.array([255, 220, 0], dtype=np.float32)
 _FN = np.array([0, 200, 0], dtype=np.float32)
@@ -132,10 +133,10 @@ def write_prediction_overlays(out_dir: Path | str, model_file: bytes, spec: Mode
 
 def compute_dice_per_checkpoint(store: BlobStore, checkpoint_digests: Sequence[bytes], spec: ModelSpec,
                                 dataset: SegDataset) -> list[float]:
-    """Dice on `dataset` of each checkpoint's weights (epoch 0 first)."""
+    """Dice on `dataset` of each checkpoint's weights (epoch 0 first; only the headers and weights are read)."""
     out = []
     for d in checkpoint_digests:
-        ck = decode_checkpoint(store.get_bytes(d))
+        ck = load_checkpoint(store, d, shards=())
         out.append(evaluate(ck.model_file, spec, dataset).dice)
     return out
 

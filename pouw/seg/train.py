@@ -41,7 +41,7 @@ from pouw.seg.models import build_model
 from pouw.seg.spec import ModelSpec, TrainSpec
 from pouw.seg.trajectory import MAX_CHECKPOINTS, Layout, make_layout
 from pouw.seg.weights import (
-    PRECISIONS, ZERO_DIGEST, Checkpoint, compute_digest, compute_update_norm, decode_model, encode_checkpoint,
+    PRECISIONS, ZERO_DIGEST, Checkpoint, compute_digest, compute_update_norm, decode_model, split_checkpoint,
     encode_model,
 )
 
@@ -340,18 +340,20 @@ class CheckpointWriter:
         prev = self.digests[-1] if self.digests else ZERO_DIGEST
         ck = Checkpoint(len(self.digests), position, prev, model_file=model_file, mean_loss=mean_loss,
                         optimizer_state=get_optimizer_state(session.optimizer), **self.meta)
-        data = encode_checkpoint(ck)
+        header, parts = split_checkpoint(ck)
         if self._weights is not None:
             self.norms.append(compute_update_norm(self._weights, weights))
         self._weights = weights
-        self.digests.append(compute_digest(data))
+        self.digests.append(compute_digest(header))
         self.model_file = model_file
         self._wait(MAX_PENDING_WRITES - 1)
-        self._pending.append(self._pool.submit(self._put, data, time.time() - started))
+        self._pending.append(self._pool.submit(self._put, parts + [header], time.time() - started))
 
-    def _put(self, data: bytes, encode_seconds: float) -> None:
+    def _put(self, blobs: list[bytes], encode_seconds: float) -> None:
+        """Write a checkpoint's parts, then its header (a header in the store names parts already there)."""
         started = time.time()
-        self.store.put_bytes(data)
+        for data in blobs:
+            self.store.put_bytes(data)
         self.budget.record_save(encode_seconds + time.time() - started)
 
     def _wait(self, keep: int) -> None:

@@ -34,8 +34,10 @@ from pouw.seg.spec import ModelSpec, TrainSpec
 from pouw.seg.train import TrainError, init_model, replay_segment
 from pouw.seg.trajectory import MAX_CHECKPOINTS, Layout, make_layout
 from pouw.seg.weights import (
-    ZERO_DIGEST, Checkpoint, WeightsError, compute_update_norm, decode_checkpoint, decode_model, encode_model,
+    ZERO_DIGEST, Checkpoint, WeightsError, compute_shard_bounds, compute_update_norm, decode_model, encode_model,
+    select_state_shards,
 )
+from pouw.seg.checkpoints import load_checkpoint
 
 REPLAY_TOLERANCE = 0.05
 """Max ||replayed - claimed|| / ||claimed - previous|| (L2 over all float weights) of a replayed segment.
@@ -89,15 +91,13 @@ def compute_replay_distance(replayed: dict, prev: dict, claimed: dict) -> float:
     return (diff ** 0.5) / max(step ** 0.5, 1e-30)
 
 
-def load_checkpoint_blob(store: BlobStore, digest: bytes, index: int) -> Checkpoint:
-    """Read, hash-check and parse checkpoint `index`."""
+def load_checkpoint_blob(store: BlobStore, digest: bytes, index: int, shards=None,
+                         parts_size: int | None = None) -> Checkpoint:
+    """Read, hash-check and parse checkpoint `index` with the optimizer-state `shards` (None: whole; see load_checkpoint)."""
     if not store.has(digest):
         raise WorkInvalid(f"checkpoint {index} ({digest.hex()[:16]}) is not available")
-    data = store.get_bytes(digest, max_size=MAX_CHECKPOINT_BYTES)
-    if hashlib.sha256(data).digest() != digest:
-        raise WorkInvalid(f"checkpoint {index} does not hash to its digest")
     try:
-        return decode_checkpoint(data)
+        return load_checkpoint(store, digest, shards, parts_size)
     except WeightsError as exc:
         raise WorkInvalid(f"checkpoint {index}: {exc}") from exc
 
@@ -138,7 +138,7 @@ def check_checkpoint(ck: Checkpoint, index: int, prev_digest: bytes, *, model_sp
 def check_initial_checkpoint(ck: Checkpoint, model_spec: ModelSpec, train_seed: bytes | None = None) -> None:
     """Checkpoint 0 must be the seed's initial weights, with no optimizer state: no pre-trained start."""
     seed = ck.seed if train_seed is None else train_seed
-    if ck.index != 0 or ck.position != 0 or ck.optimizer_state:
+    if ck.index != 0 or ck.position != 0 or ck.optimizer_state or ck.shard_count:
         raise WorkInvalid("checkpoint 0 is not a fresh start")
     if ck.model_file != encode_model(init_model(model_spec, seed), model_spec):
         raise WorkInvalid("checkpoint 0 is not the initial weights given by the training seed")
@@ -163,13 +163,17 @@ def check_optimizer_state(ck: Checkpoint) -> None:
     for idx, slot in ck.optimizer_state.items():
         if not (isinstance(idx, int) and 0 <= idx < len(params)) or set(slot) != keys:
             raise WorkInvalid(f"checkpoint {ck.index}: optimizer state does not fit the network")
+        shape = params[idx].shape
+        if ck.state_shards is not None:  # a partial load holds the 1-D concatenation of its shards' slices
+            shape = torch.Size([sum(hi - lo for lo, hi in (compute_shard_bounds(shape.numel(), s, ck.shard_count)
+                                                             for s in ck.state_shards))])
         for key, value in slot.items():
             if key == "step":
-                ok = (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
-                      and float(value) == float(ck.position))
+                ok = (isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0
+                      and value.is_floating_point() and float(value) == float(ck.position))
             else:
                 ok = (value is None and key == "momentum_buffer") or (
-                    isinstance(value, torch.Tensor) and value.shape == params[idx].shape
+                    isinstance(value, torch.Tensor) and value.shape == shape
                     and value.dtype == torch.float32 and bool(torch.isfinite(value).all()))
             if not ok:
                 raise WorkInvalid(f"checkpoint {ck.index}: optimizer state {idx}/{key} does not fit the network")
@@ -181,14 +185,25 @@ def get_momentum(ck_state: dict, key: str) -> dict[str, torch.Tensor]:
 
 
 def compute_momentum_distance(replayed: dict, before: Checkpoint, after: Checkpoint) -> float:
-    """compute_replay_distance of the momentum buffers (a missing buffer counts as zeros)."""
+    """compute_replay_distance of the momentum buffers (a missing buffer counts as zeros).
+
+    When `after` holds only some shards of its state, the distance is taken
+    over those shards' coordinates of every buffer (the same slices of the
+    replayed and the previous buffers).
+    """
     key = MOMENTUM_KEYS[after.train_spec.optimizer]
     claimed = get_momentum(after.optimizer_state, key)
-    if set(claimed) != set(get_momentum(replayed, key)):
+    replayed = get_momentum(replayed, key)
+    if set(claimed) != set(replayed):
         return float("inf")
     prev = get_momentum(before.optimizer_state, key)
-    prev = {k: prev.get(k, torch.zeros_like(v)) for k, v in claimed.items()}
-    return compute_replay_distance(get_momentum(replayed, key), prev, claimed)
+    prev = {k: prev.get(k, torch.zeros_like(v)) for k, v in replayed.items()}
+    if after.state_shards is not None:
+        def pick(t):
+            return select_state_shards(t, after.state_shards, after.shard_count)
+        replayed = {k: pick(v) for k, v in replayed.items()}
+        prev = {k: pick(v) for k, v in prev.items()}
+    return compute_replay_distance(replayed, prev, claimed)
 
 
 def replay_checkpoint_segment(before: Checkpoint, after: Checkpoint, train_dataset: Dataset, device: str = "cpu",
@@ -201,6 +216,8 @@ def replay_checkpoint_segment(before: Checkpoint, after: Checkpoint, train_datas
     """
     if after.index != before.index + 1 or after.position <= before.position:
         raise WorkInvalid(f"checkpoints {before.index} and {after.index} do not bound a segment")
+    if before.state_shards is not None:
+        raise ValueError("a replay starts from a whole optimizer state (load the checkpoint with every shard)")
     prev_state = before_weights if before_weights is not None else decode_model(before.model_file, before.model_spec)
     next_state = after_weights if after_weights is not None else decode_model(after.model_file, after.model_spec)
     check_optimizer_state(before)

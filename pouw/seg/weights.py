@@ -12,21 +12,31 @@ weights always give the same bytes. Loading checks the spec, then that the
 tensors are exactly the state dict of that architecture (names, shapes,
 dtypes) and finite.
 
-Checkpoint file (one per segment, checkpoint 0 = initial weights)::
+Checkpoint (one per segment, checkpoint 0 = initial weights): a header blob,
+whose SHA-256 is the checkpoint digest, naming the blobs of its parts::
 
-    ["pouw-ckpt", 2, index, position, prev_digest, seed, encode(ModelSpec), encode(TrainSpec),
-     data_digest, world_size, precision, mean_loss, model_file_bytes, optimizer_state]
+    ["pouw-ckpt", 3, index, position, prev_digest, seed, encode(ModelSpec), encode(TrainSpec),
+     data_digest, world_size, precision, mean_loss, [weights_digest, weights_size],
+     [[param_index, key, dtype, [shape...]], ...], scalars, [[shard_digest, shard_size], ...]]
 
 ``position`` is the number of optimizer steps trained before the checkpoint
 (pouw.seg.trajectory says where each may lie); ``precision`` how the miner
 computed ("fp32" or "bf16", replays always run fp32). ``prev_digest`` is the
-SHA-256 of the previous checkpoint file (32 zero bytes for checkpoint 0), so
-the digests form a hash chain. ``optimizer_state`` is
-``[[param_index, [[key, value], ...]], ...]`` sorted, values tensors
+previous checkpoint's header digest (32 zero bytes for checkpoint 0), so the
+digests form a hash chain. The weights blob is a model file (the last
+checkpoint's is the claimed model). The optimizer's tensors (one entry of the
+sorted layout each) are split into S shards (S = 0 with no state, else 1 to
+MAX_STATE_SHARDS)::
+
+    ["pouw-state", 1, index, shard, S, [raw slice per layout entry]]
+
+shard ``s`` holding elements ``[n*s//S, n*(s+1)//S)`` of each flattened
+tensor of ``n`` elements; ``scalars`` (Adam's 0-d step counts, absent
+buffers) is ``[[param_index, [[key, value], ...]], ...]`` with values
 ``["t", dtype, shape, raw]``, ``["f", x]``, ``["i", n]`` or ``["n"]``.
 
-A checkpoint is one self-contained blob: what a replay of the next segment
-needs (weights, optimizer state, seed, position) plus the links of the chain.
+A replay needs the whole state where it starts; where it ends a verifier
+reads one drawn shard, and every tensor has a slice in every shard.
 """
 
 from __future__ import annotations
@@ -43,13 +53,21 @@ from torch import nn
 
 from pouw.encoding import DecodeError, decode, encode
 from pouw.seg.spec import ModelSpec, SpecError, TrainSpec
+from pouw.types import MAX_CHECKPOINT_HEADER_BYTES
 
 MODEL_MAGIC = "pouw-model"
 CKPT_MAGIC = "pouw-ckpt"
 FORMAT_VERSION = 1
 """Version of the model file format."""
-CKPT_VERSION = 2
-"""Version of the checkpoint format (2: segments, positions and precision)."""
+CKPT_VERSION = 3
+"""Version of the checkpoint header format (3: weights and optimizer-state shards in blobs of their own)."""
+SHARD_MAGIC = "pouw-state"
+SHARD_VERSION = 1
+"""Version of the optimizer-state shard format."""
+MAX_STATE_SHARDS = 32
+"""Most shards a checkpoint's optimizer state is split into: a segment's end check reads at least 1/32 of it."""
+STATE_SHARD_BYTES = 1 << 20
+"""A miner splits the optimizer state into shards of about this many bytes (at most MAX_STATE_SHARDS)."""
 PRECISIONS = ("fp32", "bf16")
 """How a miner may compute: fp32, or bf16 autocast (weights and optimizer stay fp32)."""
 MAX_MODEL_FILE = 16 << 30
@@ -131,8 +149,6 @@ def compute_model_digest(data: bytes) -> bytes:
 
 def decode_model(data: bytes, spec: ModelSpec) -> dict[str, torch.Tensor]:
     """Parse a model file and check it is a finite state dict of `spec`'s network."""
-    from pouw.seg.models import build_model
-
     obj = _unpack(data, "model file")
     if len(obj) != 4 or obj[0] != MODEL_MAGIC:
         raise WeightsError("model file: not a pouw model file (bad magic)")
@@ -201,15 +217,15 @@ def load_model(source: bytes | Path | str, spec: ModelSpec) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """What a replay of the next segment needs, plus the links of the hash chain."""
+class CheckpointMeta:
+    """What a checkpoint says of itself: its place in the run, the links of the hash chain, how it was trained."""
 
     index: int
     """Place in the run: 0 for the initial weights, then 1, 2, ..."""
     position: int
     """Optimizer steps trained before this checkpoint."""
     prev_digest: bytes
-    """SHA-256 of checkpoint index-1 (32 zero bytes for checkpoint 0)."""
+    """SHA-256 of checkpoint index-1's header (32 zero bytes for checkpoint 0)."""
     seed: bytes
     """The 32-byte training seed."""
     model_spec: ModelSpec
@@ -224,14 +240,54 @@ class Checkpoint:
     """"fp32" or "bf16" (how the miner computed; informational: replays run fp32)."""
     mean_loss: float
     """Mean training loss over the segment ending here (0 for checkpoint 0)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint(CheckpointMeta):
+    """What a replay of the next segment needs, plus the links of the hash chain (as loaded, in memory)."""
+
     model_file: bytes
     """The weights, as a model file."""
     optimizer_state: dict
-    """The optimizer's per-parameter state."""
+    """The optimizer's per-parameter state (with `state_shards`, only those shards of its tensors)."""
+    shard_count: int = 0
+    """Shards the optimizer state's tensors are stored in (0: none, as at checkpoint 0)."""
+    state_shards: tuple[int, ...] | None = None
+    """None: `optimizer_state` is whole; else the shards loaded, each sharded tensor the 1-D concatenation of their
+    slices (`select_state_shards`)."""
 
     @property
     def model_digest(self) -> bytes:
         return compute_model_digest(self.model_file)
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """A blob a checkpoint header names."""
+
+    digest: bytes
+    """SHA-256 of the blob."""
+    size: int
+    """Its size in bytes."""
+
+
+@dataclass(frozen=True)
+class CheckpointHeader(CheckpointMeta):
+    """A checkpoint as stored: its metadata and the blobs holding its weights and optimizer state."""
+
+    weights: PartRef
+    """The model file of its weights (for the last checkpoint, the claimed model itself)."""
+    state_layout: tuple[tuple[int, str, str, tuple[int, ...]], ...]
+    """(parameter index, key, dtype, shape) of every optimizer tensor stored in shards, sorted."""
+    state_scalars: dict
+    """The rest of the optimizer state (Adam's step counts, absent buffers), by parameter index and key."""
+    shards: tuple[PartRef, ...]
+    """The optimizer-state shards: shard s holds slice `compute_shard_bounds(numel, s, len(shards))` of each tensor."""
+
+    @property
+    def parts_size(self) -> int:
+        """Bytes of every blob it names: the weights and all shards."""
+        return self.weights.size + sum(p.size for p in self.shards)
 
 
 def encode_optimizer_state(state: dict) -> list:
@@ -282,25 +338,100 @@ def decode_optimizer_state(obj: object) -> dict:
     return state
 
 
-def encode_checkpoint(ck: Checkpoint) -> bytes:
-    return msgpack.packb(
-        [CKPT_MAGIC, CKPT_VERSION, ck.index, ck.position, ck.prev_digest, ck.seed, encode(ck.model_spec),
-         encode(ck.train_spec), ck.data_digest, ck.world_size, ck.precision, float(ck.mean_loss), ck.model_file,
-         encode_optimizer_state(ck.optimizer_state)],
+def compute_shard_bounds(numel: int, shard: int, shard_count: int) -> tuple[int, int]:
+    """The slice [lo, hi) of a flattened tensor of `numel` elements that shard `shard` of `shard_count` holds."""
+    return numel * shard // shard_count, numel * (shard + 1) // shard_count
+
+
+def select_state_shards(tensor: torch.Tensor, shards, shard_count: int) -> torch.Tensor:
+    """The 1-D concatenation of `tensor`'s slices in `shards` (increasing), as a partial load holds them."""
+    flat = tensor.detach().reshape(-1)
+    pieces = [flat[slice(*compute_shard_bounds(flat.numel(), s, shard_count))] for s in sorted(shards)]
+    return torch.cat(pieces) if pieces else flat[:0]
+
+
+def compute_state_shard_count(state: dict) -> int:
+    """Shards a miner splits `state` into: about STATE_SHARD_BYTES each, at most MAX_STATE_SHARDS (0 when empty)."""
+    total = sum(v.numel() * v.element_size() for slot in state.values() for v in slot.values()
+                if is_sharded_value(v))
+    return compute_shard_count(total)
+
+
+def compute_shard_count(state_bytes: int) -> int:
+    """Shards for an optimizer state of `state_bytes` bytes: about STATE_SHARD_BYTES each, 1 to MAX_STATE_SHARDS."""
+    if state_bytes <= 0:
+        return 0
+    return max(1, min(MAX_STATE_SHARDS, -(-state_bytes // STATE_SHARD_BYTES)))
+
+
+def is_sharded_value(value: object) -> bool:
+    """True for the optimizer values stored in shards: tensors of at least one dimension."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 1
+
+
+def split_checkpoint(ck: Checkpoint, shard_count: int | None = None) -> tuple[bytes, list[bytes]]:
+    """A whole checkpoint as stored: (header bytes, part blobs: the weights model file, then each shard)."""
+    if ck.state_shards is not None:
+        raise WeightsError("only a whole checkpoint can be stored")
+    layout, scalars = [], {}
+    for idx in sorted(ck.optimizer_state):
+        for key in sorted(ck.optimizer_state[idx]):
+            value = ck.optimizer_state[idx][key]
+            if is_sharded_value(value):
+                if value.dtype not in _DTYPE_NAMES:
+                    raise WeightsError(f"cannot store tensors of dtype {value.dtype}")
+                layout.append((int(idx), key, _DTYPE_NAMES[value.dtype], tuple(value.shape), value))
+            else:
+                scalars.setdefault(int(idx), {})[key] = value
+    count = compute_state_shard_count(ck.optimizer_state) if shard_count is None else shard_count
+    if not (0 <= count <= MAX_STATE_SHARDS) or (count == 0) != (not layout):
+        raise WeightsError(f"a checkpoint with {len(layout)} optimizer tensors cannot have {count} shards")
+    shards = []
+    for s in range(count):
+        raws = [encode_tensor(select_state_shards(t, (s,), count))[2] for *_, t in layout]
+        shards.append(msgpack.packb([SHARD_MAGIC, SHARD_VERSION, ck.index, s, count, raws], use_bin_type=True))
+    parts = [ck.model_file] + shards
+    refs = [PartRef(compute_digest(p), len(p)) for p in parts]
+    header = CheckpointHeader(ck.index, ck.position, ck.prev_digest, ck.seed, ck.model_spec, ck.train_spec,
+                              ck.data_digest, ck.world_size, ck.precision, float(ck.mean_loss), refs[0],
+                              tuple((i, k, d, shape) for i, k, d, shape, _ in layout), scalars, tuple(refs[1:]))
+    return encode_checkpoint_header(header), parts
+
+
+def encode_checkpoint_header(header: CheckpointHeader) -> bytes:
+    """The header blob's bytes (its SHA-256 is the checkpoint's digest); raises WeightsError past the size bound."""
+    data = msgpack.packb(
+        [CKPT_MAGIC, CKPT_VERSION, header.index, header.position, header.prev_digest, header.seed,
+         encode(header.model_spec), encode(header.train_spec), header.data_digest, header.world_size,
+         header.precision, float(header.mean_loss), [header.weights.digest, header.weights.size],
+         [[i, k, d, list(shape)] for i, k, d, shape in header.state_layout], encode_optimizer_state(header.state_scalars),
+         [[r.digest, r.size] for r in header.shards]],
         use_bin_type=True,
     )
+    if len(data) > MAX_CHECKPOINT_HEADER_BYTES:
+        raise WeightsError(f"checkpoint header of {len(data)} bytes exceeds {MAX_CHECKPOINT_HEADER_BYTES}")
+    return data
 
 
-def decode_checkpoint(data: bytes) -> Checkpoint:
-    """Parse a checkpoint file (the model inside is checked by `decode_model` when used)."""
+def _decode_part_ref(obj: object, what: str) -> PartRef:
+    if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], bytes) and len(obj[0]) == 32
+            and isinstance(obj[1], int) and not isinstance(obj[1], bool) and 0 < obj[1] <= MAX_MODEL_FILE):
+        raise WeightsError(f"checkpoint: bad {what} reference")
+    return PartRef(obj[0], obj[1])
+
+
+def decode_checkpoint_header(data: bytes) -> CheckpointHeader:
+    """Parse a checkpoint header (bounded: at most MAX_CHECKPOINT_HEADER_BYTES; parts are checked when read)."""
+    if len(data) > MAX_CHECKPOINT_HEADER_BYTES:
+        raise WeightsError(f"checkpoint header is larger than {MAX_CHECKPOINT_HEADER_BYTES} bytes")
     obj = _unpack(data, "checkpoint")
     if len(obj) < 2 or obj[0] != CKPT_MAGIC:
         raise WeightsError("checkpoint: not a pouw checkpoint file (bad magic)")
     if obj[1] != CKPT_VERSION:
         raise WeightsError(f"checkpoint: unsupported version {obj[1]!r}")
-    if len(obj) != 14:
+    if len(obj) != 16:
         raise WeightsError("checkpoint: wrong number of fields")
-    _, _, index, position, prev, seed, mspec, tspec, data_digest, world, precision, loss, model_file, opt = obj
+    _, _, index, position, prev, seed, mspec, tspec, data_digest, world, precision, loss, wref, layout, scalars, srefs = obj
     for name, v in (("index", index), ("position", position)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise WeightsError(f"checkpoint: bad {name}")
@@ -313,15 +444,67 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         raise WeightsError(f"checkpoint: unknown precision {precision!r}")
     if not isinstance(loss, float) or not math.isfinite(loss):
         raise WeightsError("checkpoint: mean loss must be a finite float")
-    if not isinstance(model_file, bytes) or not isinstance(mspec, bytes) or not isinstance(tspec, bytes):
-        raise WeightsError("checkpoint: model and specs must be bytes")
+    if not isinstance(mspec, bytes) or not isinstance(tspec, bytes):
+        raise WeightsError("checkpoint: specs must be bytes")
     try:
         model_spec = decode(ModelSpec, mspec)
         train_spec = decode(TrainSpec, tspec)
     except (DecodeError, SpecError) as exc:
         raise WeightsError(f"checkpoint: bad spec ({exc})") from exc
-    return Checkpoint(index, position, prev, seed, model_spec, train_spec, data_digest, world, precision, loss,
-                      model_file, decode_optimizer_state(opt))
+    if not (isinstance(layout, list) and isinstance(srefs, list) and len(srefs) <= MAX_STATE_SHARDS):
+        raise WeightsError("checkpoint: bad optimizer-state layout or shard list")
+    entries = []
+    for e in layout:
+        if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], int) and not isinstance(e[0], bool)
+                and e[0] >= 0 and isinstance(e[1], str) and e[2] in _DTYPES and isinstance(e[3], list) and e[3]
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in e[3])):
+            raise WeightsError("checkpoint: malformed optimizer-state layout entry")
+        entries.append((e[0], e[1], e[2], tuple(e[3])))
+    if [x[:2] for x in entries] != sorted({x[:2] for x in entries}):
+        raise WeightsError("checkpoint: optimizer-state layout is not sorted or repeats an entry")
+    if (not entries) != (not srefs):
+        raise WeightsError("checkpoint: optimizer tensors need at least one shard, shards need tensors")
+    state_scalars = decode_optimizer_state(scalars)
+    if any(is_sharded_value(v) for slot in state_scalars.values() for v in slot.values()):
+        raise WeightsError("checkpoint: optimizer tensors must be stored in shards")
+    if any(key in state_scalars.get(idx, {}) for idx, key, _, _ in entries):
+        raise WeightsError("checkpoint: an optimizer value is stored twice")
+    return CheckpointHeader(index, position, prev, seed, model_spec, train_spec, data_digest, world, precision, loss,
+                            _decode_part_ref(wref, "weights"), tuple(entries), state_scalars,
+                            tuple(_decode_part_ref(r, "shard") for r in srefs))
+
+
+def decode_state_shard(data: bytes, header: CheckpointHeader, shard: int) -> list[torch.Tensor]:
+    """Parse shard `shard` of `header`'s optimizer state: one 1-D slice per layout entry."""
+    count = len(header.shards)
+    obj = _unpack(data, "optimizer-state shard")
+    if len(obj) != 6 or obj[0] != SHARD_MAGIC or obj[1] != SHARD_VERSION:
+        raise WeightsError("optimizer-state shard: not a pouw shard file")
+    if obj[2] != header.index or obj[3] != shard or obj[4] != count:
+        raise WeightsError(f"optimizer-state shard {shard} belongs to another checkpoint or split")
+    raws = obj[5]
+    if not (isinstance(raws, list) and len(raws) == len(header.state_layout)):
+        raise WeightsError("optimizer-state shard: wrong number of slices")
+    out = []
+    for (idx, key, dtype, shape), raw in zip(header.state_layout, raws):
+        lo, hi = compute_shard_bounds(math.prod(shape), shard, count)
+        out.append(decode_tensor([dtype, [hi - lo], raw], f"optimizer-state shard {shard} {idx}/{key}"))
+    return out
+
+
+def assemble_optimizer_state(header: CheckpointHeader, slices: dict[int, list[torch.Tensor]], whole: bool) -> dict:
+    """The optimizer state from the header's scalars and the shards' slices (`slices[s]`: decode_state_shard).
+
+    `whole`: every shard is given and tensors take their shapes; else each is
+    the 1-D concatenation of the given shards' slices.
+    """
+    state = {idx: dict(slot) for idx, slot in header.state_scalars.items()}
+    order = sorted(slices)
+    for n, (idx, key, _, shape) in enumerate(header.state_layout):
+        pieces = [slices[s][n] for s in order]
+        flat = torch.cat(pieces) if pieces else torch.empty(0, dtype=_DTYPES[header.state_layout[n][2]])
+        state.setdefault(idx, {})[key] = flat.reshape(shape) if whole else flat
+    return state
 
 
 def compute_update_norm(prev_weights: dict[str, torch.Tensor], next_weights: dict[str, torch.Tensor]) -> float:
@@ -343,6 +526,8 @@ def compute_update_norm(prev_weights: dict[str, torch.Tensor], next_weights: dic
 
 __all__ = [
     "WeightsError", "Checkpoint", "encode_model", "decode_model", "load_model", "compute_model_digest",
-    "encode_checkpoint", "decode_checkpoint", "encode_tensor", "decode_tensor", "ZERO_DIGEST", "PRECISIONS",
+    "PartRef", "CheckpointHeader", "split_checkpoint", "encode_checkpoint_header", "decode_checkpoint_header", "decode_state_shard",
+    "assemble_optimizer_state", "compute_shard_bounds", "select_state_shards", "compute_state_shard_count", "compute_shard_count",
+    "MAX_STATE_SHARDS", "MAX_CHECKPOINT_HEADER_BYTES", "encode_tensor", "decode_tensor", "ZERO_DIGEST", "PRECISIONS",
     "compute_update_norm", "CKPT_VERSION",
 ]

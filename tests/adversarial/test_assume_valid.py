@@ -55,7 +55,7 @@ def test_a_garbage_model_near_the_tip_is_rejected_by_every_node_whatever_its_ass
     server = BlobServer(store).start()
     model, first, second = os.urandom(4096), os.urandom(4096), os.urandom(4096)
     model_digest = store.put_bytes(model)
-    refs = (CheckpointRef(store.put_bytes(first), len(first), 0), CheckpointRef(store.put_bytes(second), len(second), 10))
+    refs = (CheckpointRef(store.put_bytes(first), len(first), 4096, 0), CheckpointRef(store.put_bytes(second), len(second), 4096, 10))
     nodes = []
     try:
         from chainutil import MemoryChain

@@ -104,7 +104,7 @@ def test_a_file_link_in_a_block_is_never_read_and_the_block_stays_missing_until_
         folder = tmp_path / "on-disk"
         block = mine(a.chain.state(), PARAMS, MINER, mined, folder.as_uri(), tmp_path / "m")
         (folder / "blob").mkdir(parents=True)
-        for digest in get_blob_digests(None, block.header.task_mode, block, PARAMS):
+        for digest in get_blob_digests(None, block.header.task_mode, block, PARAMS, mined):
             shutil.copy(mined.path(digest), folder / "blob" / digest.hex())
 
         result = a.core.process_block(block, time.time())
@@ -116,7 +116,7 @@ def test_a_file_link_in_a_block_is_never_read_and_the_block_stays_missing_until_
         # A peer that has the blobs (over libp2p only) makes the same block valid.
         b = start_node(tmp_path, "b", PARAMS)
         b.blob_server.stop()
-        for digest in get_blob_digests(None, block.header.task_mode, block, PARAMS):
+        for digest in get_blob_digests(None, block.header.task_mode, block, PARAMS, mined):
             b.blobs.put_file(mined.path(digest))
         a.p2p_thread.call(a.p2p.connect, b.p2p_addrs()[0])
         wait_connected(a, b)

@@ -49,7 +49,7 @@ def test_a_false_claim_cannot_make_a_node_prune_the_winning_model_or_a_waiting_t
         junk_digests = [miner.store.put_bytes(j) for j in junk]
 
         def trajectory(*digest_sizes):  # the initial checkpoint and one trained segment
-            return tuple(CheckpointRef(d, n, i * 1_000_000) for i, (d, n) in enumerate(digest_sizes))
+            return tuple(CheckpointRef(d, n, n, i * 1_000_000) for i, (d, n) in enumerate(digest_sizes))
 
         state = node.chain.state()
         model, train, test = (first.model_digest, first.model_size), task.train_blob, task.test_blob

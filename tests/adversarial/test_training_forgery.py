@@ -35,10 +35,11 @@ from consensus.work import get_work_data, make_checkpoint_refs
 from fullnode.fetch import BlobFetcher
 from fullnode.verification import WorkChecker
 from pouw.blobstore import BlobStore
+from pouw.seg.checkpoints import load_checkpoint, put_checkpoint
 from pouw.seg.dice import evaluate
 from pouw.seg.train import train
 from pouw.seg.weights import (
-    ZERO_DIGEST, Checkpoint, compute_update_norm, decode_checkpoint, decode_model, encode_checkpoint, encode_model,
+    ZERO_DIGEST, Checkpoint, compute_update_norm, decode_model, encode_model,
 )
 from pouw.types import MODE_NORMAL, WorkProof
 
@@ -65,7 +66,7 @@ def world(tmp_path_factory):
 
 
 def checkpoints_of(w, digests):
-    return [decode_checkpoint(w["blobs"].get_bytes(d)) for d in digests]
+    return [load_checkpoint(w["blobs"], d) for d in digests]
 
 
 def forge(w, weights_list, positions, opt_states, train_spec=None):
@@ -77,7 +78,7 @@ def forge(w, weights_list, positions, opt_states, train_spec=None):
         opt = {k: {**slot, **({"step": torch.tensor(float(position))} if "step" in slot else {})} for k, slot in opt.items()}
         ck = Checkpoint(i, position, prev, w["seed"], w["data"].model, train_spec or w["data"].train, first.data_digest,
                         1, "fp32", 0.5, encode_model(weights, w["data"].model), opt)
-        prev = w["blobs"].put_bytes(encode_checkpoint(ck))
+        prev = put_checkpoint(w["blobs"], ck)
         digests.append(prev)
     return digests
 
