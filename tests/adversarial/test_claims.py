@@ -67,8 +67,12 @@ def test_a_lying_miner_loses_its_bond_the_honest_one_keeps_its_own(tmp_path):
         def forfeited() -> bool:
             return rpc.call("getbalance", address=LIAR.address)["bonded"] < bond
 
-        wait_until(lambda: rpc.call("getbalance", address=LIAR.address)["bonded"] == bond, 120, "the liar's bond on chain")
-        wait_until(forfeited, 240, "the liar's bond to be forfeited")
+        try:
+            wait_until(lambda: rpc.call("getbalance", address=LIAR.address)["bonded"] == bond, 120, "the liar's bond on chain")
+            wait_until(forfeited, 240, "the liar's bond to be forfeited")
+        except AssertionError as exc:  # say what the node did meanwhile
+            raise AssertionError(f"{exc}; tip height {node.chain.tip_height}; the node's last lines:\n"
+                                 + "\n".join(node.lines[-40:])) from None
         liar = rpc.call("getbalance", address=LIAR.address)
         honest = rpc.call("getbalance", address=HONEST.address)
         assert honest["bonded"] == bond, "an honest miner loses nothing but what it staked, and it staked nothing here"
