@@ -107,6 +107,7 @@ class FullNode:
         self.sync.register()
         self.gossip = GossipAdapter(self.core, self.p2p, self.jobs, self.sync.request_sync)
         self.gossip.register()
+        self.sync.on_new_tip = self.gossip.publish_block
         self.p2p_thread = P2PThread(self.p2p).start()
         self.gossip.thread = self.sync.thread = self.p2p_thread
         self.fetcher.peers = PeerBlobSource(self.p2p, self.p2p_thread)  # the fallback when every link fails

@@ -208,6 +208,8 @@ class SyncAdapter:
         self.max_block_message = core.params.max_block_size + MAX_HEADER_ROOM
         """Largest encoded block this node decodes."""
         self._sync_queued = threading.Event()
+        self.on_new_tip: Callable[[Block], None] = lambda block: None
+        """Called with the tip after a sync from one peer moved it (the node announces it: see sync_from)."""
 
     def register(self) -> None:
         """Install the request handlers and the new-peer trigger (before the host starts)."""
@@ -313,13 +315,17 @@ class SyncAdapter:
 
         Penalises the peer when the chain it claimed is not what it delivered.
         """
-        started, start_height = time.time(), self.chain.tip_height
+        started, start_height, start_tip = time.time(), self.chain.tip_height, self.chain.tip_hash
         stop, progressed = self._sync_batches(peer, status)
         if stop in (SyncStop.DONE, SyncStop.FAILED) and not self.is_status_backed(status):
             self.log(f"peer {str(peer)[:16]} claimed a better chain (height {status.height}) than it served ({stop.value})")
             self.penalize(peer, f"status not backed by the blocks it served ({stop.value})", UNBACKED_STATUS_PENALTY)
         if self.chain.tip_height != start_height:
             self.log(f"synced to height {self.chain.tip_height} in {time.time() - started:.1f} s")
+        if self.chain.tip_hash != start_tip:
+            # A block taken here before its gossip arrived is never relayed by that gossip (known by then): announce
+            # the new tip, once per sync and not per block, or peers that hear only this node wait for their own sync.
+            self.on_new_tip(self.chain.get_tip())
         return progressed
 
     def is_status_backed(self, status: StatusMessage) -> bool:

@@ -9,8 +9,11 @@ verifies the work for real.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
+
+import torch
 
 from consensus.assemble import complete_block, make_block_template, make_commit
 from consensus.clock import get_phase2_start
@@ -22,6 +25,15 @@ from pouw.keys import KeyPair
 from pouw.seg.dice import evaluate
 from pouw.seg.train import train
 from pouw.types import KEY_TRAIN, MODE_NORMAL, Block, ChainParams, KeyReveal, Transaction, WorkProof
+
+
+@functools.cache
+def warm_up_trainer() -> None:
+    """Import what the first training step imports lazily (monai's networks, torch's compiler hooks, about 3 s
+    cold), so the few seconds a test gives training are spent training."""
+    import monai.networks.nets  # noqa: F401
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def mine_standing_block(
@@ -47,6 +59,7 @@ def mine_standing_block(
     slot = status.min_slot if slot is None else slot
     data = get_work_data(None, params, status.tip_hash, MODE_NORMAL, {}, blobs, workdir)
     seed = compute_training_seed(status.tip_hash, keypair.public_key)
+    warm_up_trainer()
     result = train(data.model, data.train, data.train_set, seed, time.time() + seconds, blobs, progress=False, num_threads=1)
     blobs.put_bytes(result.model_file)
     dice = evaluate(result.model_file, data.model, data.score_set).dice_ppm

@@ -72,7 +72,8 @@ class NodeUnderTest:
             txs = tuple(core.txpool.select_for_block(state))
             next_key = core.keys.mine.get(state.get_status().scheduled[1].task_id, {}).get(KEY_TRAIN)
         block = mine_standing_block(state, self.params, miner, self.node.blobs, self.node.get_blob_url(),
-                                    self.datadir / "test-miner", slot=slot, transactions=txs, next_train_key=next_key)
+                                    self.datadir / "test-miner", slot=slot, transactions=txs, next_train_key=next_key,
+                                    seconds=3.0)  # the blocks before a timed round must not eat its slot
         result = core.process_block(block, time.time())
         assert result.status is BlockStatus.CONNECTED, result.reason
         return block
