@@ -10,6 +10,7 @@ verifies the work for real.
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from pathlib import Path
 
@@ -31,8 +32,7 @@ from pouw.types import KEY_TRAIN, MODE_NORMAL, Block, ChainParams, KeyReveal, Tr
 def warm_up_trainer() -> None:
     """Import what the first training step imports lazily (monai's networks, torch's compiler hooks, about 3 s
     cold), so the few seconds a test gives training are spent training."""
-    import monai.networks.nets  # noqa: F401
-
+    importlib.import_module("monai.networks.nets")
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
