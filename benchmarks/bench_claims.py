@@ -14,7 +14,8 @@ the node's RPC in real time, slot by slot:
   height 3  the flood: LIARS claims from LIARS fresh keys, each claiming a
             Dice above the honest one, unbonded (keys are free, bonds are
             not). They reuse the honest trajectory, the cheapest lie to
-            make; the honest claim comes last.
+            make; the honest claim comes last. The node pools at most
+            MAX_UNBONDED_CLAIMS of them ("admitted").
   height 4  TRAINED liars, bonded, each with a real trajectory of its own and
             a claimed Dice above the honest one and above what its model
             scores: the node judges at most MAX_CLAIMS_VERIFIED_PER_SLOT
@@ -341,12 +342,12 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         return
     print(f"claims judged per slot at most {MAX_CLAIMS_VERIFIED_PER_SLOT}; Phase 2 {args.phase2} s; one node, verification workers by default")
-    print(f"{'height':>6} {'claims':>6} {'judged':>6} {'won':>4} {'connected':>18} {'MB fetched':>10} {'x base':>6} "
+    print(f"{'height':>6} {'claims':>6} {'admitted':>8} {'judged':>6} {'won':>4} {'connected':>18} {'MB fetched':>10} {'x base':>6} "
           f"{'CPU s':>6} {'x base':>6} {'CPU s/judged':>12} {'admit CPU s':>11}  what")
     for r in rows:
         when = (f"+{r['connected_s_into_phase2']:.1f}s of {r['phase2_s']}s" if r["slots_late"] == 0
                 else f"{r['slots_late']} slot(s) late")
-        print(f"{r['height']:>6} {r['claims_sent']:>6} {r['claims_judged']:>6} {'yes' if r['honest_won'] else 'NO':>4} {when:>18} "
+        print(f"{r['height']:>6} {r['claims_sent']:>6} {r['claims_accepted']:>8} {r['claims_judged']:>6} {'yes' if r['honest_won'] else 'NO':>4} {when:>18} "
               f"{r['bytes_fetched'] / 1e6:>10.2f} {r['bytes_vs_baseline'] or 0:>6.2f} {r['node_cpu_s']:>6.1f} {r['cpu_vs_baseline'] or 0:>6.2f} "
               f"{r['cpu_s_per_judged_claim'] or 0:>12.3f} {r['admission_cpu_s']:>11.1f}  {r['what']}")
 

@@ -170,8 +170,9 @@ class NodeCore:
         """A Phase-2 claim: the pool's checks, then every rule the block can be checked by without its blobs."""
         block = claim.block
         with self.lock:
+            bonded = block.body.work is not None and self._is_bonded(self.chain.state(), block)
             try:
-                self.claims.check(claim, now=now)
+                self.claims.check(claim, now=now, bonded=bonded)
             except MempoolReject as exc:
                 return reject_verdict(exc)
             checked = self.chain.check_new_block(block, now)
@@ -181,7 +182,7 @@ class NodeCore:
                 if checked.status is BlockStatus.KNOWN:
                     return Verdict(False, "duplicate", "the claimed block is already known")
                 return Verdict(False, "wrong-parent", f"claim cannot be judged: {checked.reason}")
-            self.claims.add(claim, now=now)
+            self.claims.add(claim, now=now, bonded=bonded)
         return ACCEPTED
 
     def submit_key_reveal(self, reveal: KeyReveal, now: float) -> Verdict:

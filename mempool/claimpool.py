@@ -4,6 +4,15 @@ Admission checks what needs only the claim, the clock and the commit pool;
 the full node then verifies claims from the top of `ranked()` (recomputing
 Dice, applying the block) and records the outcome with mark_rejected or
 mark_verified.
+
+Claims whose miner holds no bond cost their authors nothing, so their
+admission is bounded per height and slot: at most MAX_UNBONDED_CLAIMS are
+pooled, and when that many are, a newcomer must claim at least
+UNBONDED_REPLACEMENT_STEP_PPM more than the lowest of them to take its
+place (as Bitcoin Core's incremental relay fee bounds replacements). Both
+are checked before the signature, so a flood costs at most
+MAX_UNBONDED_CLAIMS + DICE_SCALE / UNBONDED_REPLACEMENT_STEP_PPM signature
+checks a height and slot, however many keys it comes from.
 """
 
 from __future__ import annotations
@@ -17,6 +26,11 @@ from pouw.types import DICE_SCALE, ChainParams, Claim
 
 from mempool.commitpool import CommitPool, check_wire_object
 from mempool.errors import reject
+
+MAX_UNBONDED_CLAIMS = 64
+"""Unjudged claims of unbonded miners pooled per height and slot."""
+UNBONDED_REPLACEMENT_STEP_PPM = 10_000
+"""How much more Dice (ppm) an unbonded claim must claim than the lowest pooled one to replace it when full."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,8 @@ class ClaimRecord:
     """The candidate's slot."""
     seq: int
     """Arrival order in this pool (older is smaller); not used for ranking."""
+    bonded: bool = True
+    """Whether its miner held the claim's bond when it arrived (admission only: verification looks again)."""
 
 
 def get_claim_rank_key(record: ClaimRecord) -> tuple[int, bytes]:
@@ -56,18 +72,20 @@ class ClaimPool:
         self._verified: set[bytes] = set()
         self._seq = 0
 
-    def check(self, claim: Claim, *, now: float, tip_hash: bytes | None = None) -> None:
+    def check(self, claim: Claim, *, now: float, tip_hash: bytes | None = None, bonded: bool = True) -> None:
         """Everything `add` checks, without admitting the claim; raises MempoolReject."""
         check_wire_object(claim, Claim)
-        self._check(claim, now, tip_hash)
+        self._check(claim, now, tip_hash, bonded)
 
-    def add(self, claim: Claim, *, now: float, tip_hash: bytes | None = None) -> bytes:
+    def add(self, claim: Claim, *, now: float, tip_hash: bytes | None = None, bonded: bool = True) -> bytes:
         """Admit a claim seen at `now`; returns its block hash or raises MempoolReject.
 
-        With `tip_hash`, the candidate must extend that block.
+        With `tip_hash`, the candidate must extend that block. `bonded`: its
+        miner holds the bond the claim needs (else it competes for the
+        unbonded places, module docstring).
         """
         check_wire_object(claim, Claim)
-        return self._admit(claim, now, tip_hash)
+        return self._admit(claim, now, tip_hash, bonded)
 
     def add_encoded(self, data: bytes, *, now: float, tip_hash: bytes | None = None) -> bytes:
         """Admit a claim from its wire bytes; returns its block hash."""
@@ -77,7 +95,7 @@ class ClaimPool:
             raise reject("malformed", str(exc)) from None
         return self._admit(claim, now, tip_hash)
 
-    def _check(self, claim: Claim, now: float, tip_hash: bytes | None) -> None:
+    def _check(self, claim: Claim, now: float, tip_hash: bytes | None, bonded: bool = True) -> None:
         header, body = claim.block.header, claim.block.body
         commit, work = body.commit, body.work
         if commit is None or work is None:
@@ -101,18 +119,46 @@ class ClaimPool:
             raise reject("not-committed", "no such commit was made in Phase 1")
         if (header.miner, header.height, header.slot) in self._by_miner:
             raise reject("duplicate-miner", "the miner already claimed for this height and slot")
+        if not bonded:
+            self._check_unbonded_room(header.height, header.slot, header.dice_ppm)
         if not header.is_signature_valid():
             raise reject("bad-signature", "header signature does not verify")
 
-    def _admit(self, claim: Claim, now: float, tip_hash: bytes | None) -> bytes:
-        self._check(claim, now, tip_hash)
+    def get_unbonded(self, height: int, slot: int) -> list[ClaimRecord]:
+        """The unjudged claims of unbonded miners for a height and slot, lowest ranked first."""
+        records = [r for r in self._records.values() if not r.bonded and r.height == height and r.slot == slot
+                   and r.block_hash not in self._rejected and r.block_hash not in self._verified]
+        return sorted(records, key=get_claim_rank_key, reverse=True)
+
+    def _check_unbonded_room(self, height: int, slot: int, dice_ppm: int) -> None:
+        unbonded = self.get_unbonded(height, slot)
+        if len(unbonded) < MAX_UNBONDED_CLAIMS:
+            return
+        needed = unbonded[0].dice_ppm + UNBONDED_REPLACEMENT_STEP_PPM
+        if dice_ppm < needed:
+            raise reject("pool-full", f"{len(unbonded)} unbonded claims are pooled for this height and slot: without "
+                                      f"a bond a claim must claim at least {needed} ppm to replace the lowest")
+
+    def _admit(self, claim: Claim, now: float, tip_hash: bytes | None, bonded: bool = True) -> bytes:
+        self._check(claim, now, tip_hash, bonded)
         header = claim.block.header
         block_hash = header.hash
         key = (header.miner, header.height, header.slot)
         self._seq += 1
-        self._records[block_hash] = ClaimRecord(claim, block_hash, header.dice_ppm, header.miner, header.height, header.slot, self._seq)
+        self._records[block_hash] = ClaimRecord(claim, block_hash, header.dice_ppm, header.miner, header.height, header.slot,
+                                                self._seq, bonded)
         self._by_miner[key] = block_hash
+        if not bonded:
+            unbonded = self.get_unbonded(header.height, header.slot)
+            if len(unbonded) > MAX_UNBONDED_CLAIMS:
+                self._drop(unbonded[0].block_hash)
         return block_hash
+
+    def _drop(self, block_hash: bytes) -> None:
+        record = self._records.pop(block_hash)
+        self._by_miner.pop((record.miner, record.height, record.slot), None)
+        self._rejected.pop(block_hash, None)
+        self._verified.discard(block_hash)
 
     def get(self, block_hash: bytes) -> Claim | None:
         """A pooled claim by block hash."""
@@ -160,10 +206,7 @@ class ClaimPool:
         """Drop claims for heights below `below_height`; returns how many."""
         stale = [h for h, r in self._records.items() if r.height < below_height]
         for block_hash in stale:
-            record = self._records.pop(block_hash)
-            self._by_miner.pop((record.miner, record.height, record.slot), None)
-            self._rejected.pop(block_hash, None)
-            self._verified.discard(block_hash)
+            self._drop(block_hash)
         return len(stale)
 
     def __contains__(self, block_hash: object) -> bool:
