@@ -51,7 +51,7 @@ class ClaimRecord:
     """The candidate's slot."""
     seq: int
     """Arrival order in this pool (older is smaller); not used for ranking."""
-    bonded: bool = True
+    bonded: bool
     """Whether its miner held the claim's bond when it arrived (admission only: verification looks again)."""
 
 
@@ -72,30 +72,30 @@ class ClaimPool:
         self._verified: set[bytes] = set()
         self._seq = 0
 
-    def check(self, claim: Claim, *, now: float, tip_hash: bytes | None = None, bonded: bool = True) -> None:
+    def check(self, claim: Claim, *, now: float, tip_hash: bytes | None = None, bonded: bool = False) -> None:
         """Everything `add` checks, without admitting the claim; raises MempoolReject."""
         check_wire_object(claim, Claim)
         self._check(claim, now, tip_hash, bonded)
 
-    def add(self, claim: Claim, *, now: float, tip_hash: bytes | None = None, bonded: bool = True) -> bytes:
+    def add(self, claim: Claim, *, now: float, tip_hash: bytes | None = None, bonded: bool = False) -> bytes:
         """Admit a claim seen at `now`; returns its block hash or raises MempoolReject.
 
-        With `tip_hash`, the candidate must extend that block. `bonded`: its
-        miner holds the bond the claim needs (else it competes for the
-        unbonded places, module docstring).
+        With `tip_hash`, the candidate must extend that block. `bonded`: the
+        caller found that its miner holds the bond the claim needs; otherwise
+        it competes for the unbonded places (module docstring).
         """
         check_wire_object(claim, Claim)
         return self._admit(claim, now, tip_hash, bonded)
 
-    def add_encoded(self, data: bytes, *, now: float, tip_hash: bytes | None = None) -> bytes:
+    def add_encoded(self, data: bytes, *, now: float, tip_hash: bytes | None = None, bonded: bool = False) -> bytes:
         """Admit a claim from its wire bytes; returns its block hash."""
         try:
             claim = decode(Claim, data, max_size=DEFAULT_MAX_MESSAGE)
         except DecodeError as exc:
             raise reject("malformed", str(exc)) from None
-        return self._admit(claim, now, tip_hash)
+        return self._admit(claim, now, tip_hash, bonded)
 
-    def _check(self, claim: Claim, now: float, tip_hash: bytes | None, bonded: bool = True) -> None:
+    def _check(self, claim: Claim, now: float, tip_hash: bytes | None, bonded: bool) -> None:
         header, body = claim.block.header, claim.block.body
         commit, work = body.commit, body.work
         if commit is None or work is None:
@@ -139,7 +139,7 @@ class ClaimPool:
             raise reject("pool-full", f"{len(unbonded)} unbonded claims are pooled for this height and slot: without "
                                       f"a bond a claim must claim at least {needed} ppm to replace the lowest")
 
-    def _admit(self, claim: Claim, now: float, tip_hash: bytes | None, bonded: bool = True) -> bytes:
+    def _admit(self, claim: Claim, now: float, tip_hash: bytes | None, bonded: bool) -> bytes:
         self._check(claim, now, tip_hash, bonded)
         header = claim.block.header
         block_hash = header.hash

@@ -13,12 +13,11 @@ import pytest
 
 from consensus.chainstate import BlockStatus
 from consensus.fixtures import make_keypair, make_test_params
-from fullnode.config import NodeConfig
 from fullnode.messages import FullBlock
-from fullnode.node import FullNode
 from hostile_peers import HostilePeer, wait_until
 from pouw.encoding import encode
 from realblocks import mine_standing_block
+from test_multinode import start_node
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +25,15 @@ PARAMS = make_test_params("alice")
 MINER = make_keypair("announce-miner")
 
 
-def start_node(root, name: str) -> FullNode:
-    config = NodeConfig(datadir=root / name, params=PARAMS, rpc_port=0)
-    return FullNode(config, log_fn=lambda line: None).start()
-
-
 def test_a_block_taken_by_sync_is_announced_to_the_other_peers(tmp_path):
-    source = start_node(tmp_path, "source")
+    source = start_node(tmp_path, "source", PARAMS)
     observer = HostilePeer(PARAMS).start()
     node = None
     try:
         block = mine_standing_block(source.chain.state(), PARAMS, MINER, source.blobs, source.get_blob_url(),
                                     tmp_path / "miner", seconds=2.0)
         assert source.take_block(block, None).status is BlockStatus.CONNECTED  # gossiped to nobody: no peers yet
-        node = start_node(tmp_path, "node")
+        node = start_node(tmp_path, "node", PARAMS)
         observer.connect(node)
         observer.join("block")
         node.p2p_thread.call(node.p2p.connect, source.p2p_addrs()[0])  # the block can only come by sync now
